@@ -1,0 +1,148 @@
+"""The ``.agnn`` checkpoint: weights, full config, codec settings, content hash.
+
+Serialised with ``torch.save`` and read back with ``weights_only=True`` so a
+checkpoint can never execute code. This module turns checkpoints into bytes
+and back; callers own the files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import msgpack
+import torch
+from torch import Tensor
+
+from .codec import CodecSettings
+from .config import ModelConfig
+from .errors import CheckpointError
+from .model import AgileNN
+
+FORMAT_NAME = "agilenn.checkpoint"
+FORMAT_VERSION = 1
+MODEL_HASH_HEX_DIGITS = 16  # 8 bytes on the wire are plenty to tell models apart
+
+
+def model_hash(
+    config: ModelConfig, codec: CodecSettings, state_dict: dict[str, Tensor]
+) -> str:
+    """SHA-256 over the config, codec settings and every tensor, in canonical order.
+
+    Anything that changes what the server must do with a payload changes the hash.
+    """
+    digest = hashlib.sha256()
+    digest.update(msgpack.packb([config.to_dict(), codec.to_dict()], use_bin_type=True))
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(msgpack.packb([name, str(tensor.dtype), list(tensor.shape)]))
+        # A uint8 view hashes the raw bytes of any dtype, bfloat16 included.
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:MODEL_HASH_HEX_DIGITS]
+
+
+@dataclass
+class Checkpoint:
+    config: ModelConfig
+    codec: CodecSettings
+    state_dict: dict[str, Tensor]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_model(
+        cls, model: AgileNN, codec: CodecSettings, metadata: dict[str, Any] | None = None
+    ) -> "Checkpoint":
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return cls(model.config, codec, state, dict(metadata or {}))
+
+    @property
+    def model_hash(self) -> str:
+        return model_hash(self.config, self.codec, self.state_dict)
+
+    def build_model(self) -> AgileNN:
+        """An eval-mode model with these weights and a frozen reference."""
+        model = AgileNN(self.config)
+        try:
+            model.load_state_dict(self.state_dict)
+        except RuntimeError as exc:
+            raise CheckpointError(f"weights do not fit the stored config: {exc}") from exc
+        model.freeze_reference()
+        return model.eval()
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        torch.save(
+            {
+                "format": FORMAT_NAME,
+                "format_version": FORMAT_VERSION,
+                "config": self.config.to_dict(),
+                "codec": _codec_to_storable(self.codec),
+                "state_dict": self.state_dict,
+                "metadata_json": json.dumps(self.metadata, sort_keys=True),
+                "model_hash": self.model_hash,
+            },
+            buffer,
+        )
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Checkpoint":
+        try:
+            with warnings.catch_warnings():
+                # torch only warns about some malformed pickles; treat them as bad.
+                warnings.simplefilter("error")
+                raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch.load raises a dozen types on garbage bytes
+            raise CheckpointError(f"not a readable agilenn checkpoint: {exc}") from exc
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
+            raise CheckpointError("not an agilenn checkpoint (format marker missing)")
+        version = raw.get("format_version")
+        if version != FORMAT_VERSION:
+            raise CheckpointError(
+                f"checkpoint format version {version}; this agilenn reads version {FORMAT_VERSION}"
+            )
+        try:
+            checkpoint = cls(
+                ModelConfig.from_dict(raw["config"]),
+                _codec_from_storable(raw["codec"]),
+                _tensors_only(raw["state_dict"]),
+                dict(json.loads(raw["metadata_json"])),
+            )
+        except (KeyError, TypeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+            raise CheckpointError(f"checkpoint fields are invalid: {exc}") from exc
+        if checkpoint.model_hash != raw.get("model_hash"):
+            raise CheckpointError(
+                f"content hash {checkpoint.model_hash} does not match the stored "
+                f"{raw.get('model_hash')}: the file is corrupt or was edited"
+            )
+        return checkpoint
+
+
+
+def _codec_to_storable(codec: CodecSettings) -> dict[str, Any]:
+    # torch's weights-only loader refuses an empty bytes object, so the
+    # dictionary travels as a uint8 tensor.
+    values = codec.to_dict()
+    values["dictionary"] = torch.tensor(list(codec.dictionary), dtype=torch.uint8)
+    return values
+
+
+def _codec_from_storable(values: Mapping[str, Any]) -> CodecSettings:
+    stored = dict(values)
+    dictionary = stored.get("dictionary")
+    if not isinstance(dictionary, Tensor) or dictionary.dtype != torch.uint8:
+        raise ValueError("codec dictionary must be a uint8 tensor")
+    stored["dictionary"] = dictionary.numpy().tobytes()
+    return CodecSettings.from_dict(stored)
+
+
+def _tensors_only(state: Any) -> dict[str, Tensor]:
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
+    ):
+        raise ValueError("state_dict must map parameter names to tensors")
+    return dict(state)

@@ -1,0 +1,43 @@
+"""The ``agilenn`` command: git-style subcommands, each a ``main(argv)``.
+
+Subcommand modules are imported only when chosen, so ``agilenn --help`` does
+not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Sequence
+
+from .. import __version__
+
+COMMANDS = {
+    "train": ("agilenn.cli.train", "train an AgileNN model (reference + AgileNN stages)"),
+    "eval": ("agilenn.cli.evaluate", "evaluate a model through the real codec path"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name.ljust(width)}  {summary}" for name, (_, summary) in COMMANDS.items()]
+    return (
+        "usage: agilenn [--version] <command> [<args>]\n\ncommands:\n"
+        + "\n".join(lines)
+        + "\n\nRun 'agilenn <command> --help' for a command's options."
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0 if args else 2
+    if args[0] == "--version":
+        print(f"agilenn {__version__}")
+        return 0
+    if args[0] not in COMMANDS:
+        print(f"agilenn: unknown command {args[0]!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[args[0]][0])
+    return int(module.main(args[1:]))
