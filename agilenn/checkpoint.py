@@ -12,7 +12,8 @@ import io
 import json
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import msgpack
 import torch
@@ -55,9 +56,21 @@ class Checkpoint:
     @classmethod
     def from_model(
         cls, model: AgileNN, codec: CodecSettings, metadata: dict[str, Any] | None = None
-    ) -> "Checkpoint":
+    ) -> Checkpoint:
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         return cls(model.config, codec, state, dict(metadata or {}))
+
+    def to_half(self) -> Checkpoint:
+        """A copy storing float32 tensors as float16: half the file, same model.
+
+        ``build_model`` loads them back into float32 parameters, so inference is
+        unchanged apart from the rounding of the weights, which the hash covers.
+        """
+        state = {
+            name: tensor.half() if tensor.dtype == torch.float32 else tensor
+            for name, tensor in self.state_dict.items()
+        }
+        return Checkpoint(self.config, self.codec, state, dict(self.metadata))
 
     @property
     def model_hash(self) -> str:
@@ -90,7 +103,7 @@ class Checkpoint:
         return buffer.getvalue()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "Checkpoint":
+    def from_bytes(cls, data: bytes) -> Checkpoint:
         try:
             with warnings.catch_warnings():
                 # torch only warns about some malformed pickles; treat them as bad.

@@ -55,7 +55,7 @@ class CodecSettings:
                 "level": self.level, "dictionary": self.dictionary}
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "CodecSettings":
+    def from_dict(cls, values: dict[str, Any]) -> CodecSettings:
         return cls(**values)
 
 
@@ -129,13 +129,18 @@ class FeatureCodec:
             raise ValueError(f"expected non-empty symbols of shape (C, H, W), got {symbols.shape}")
         if (symbols.min() < 0 or symbols.max() >= self.settings.n_centroids):
             raise ValueError(f"symbols must lie in [0, {self.settings.n_centroids})")
-        flat = symbols.astype(np.uint8).ravel()
         bits = self.settings.bits_per_symbol
         header = bytearray((_MARKER | FORMAT_VERSION, self._layout_code | (bits - 1) << 2))
         for dim in symbols.shape:
             _write_varint(dim, header)
-        body = flat.tobytes() if self._layout_code == LAYOUT_BYTES else _pack_bits(flat, bits)
-        return bytes(header) + self._contexts()[0].compress(body)
+        return bytes(header) + self._contexts()[0].compress(self.raw_body(symbols))
+
+    def raw_body(self, symbols: np.ndarray) -> bytes:
+        """The uncompressed body of ``encode``: what a zstd dictionary is trained on."""
+        flat = np.asarray(symbols).astype(np.uint8).ravel()
+        if self._layout_code == LAYOUT_BYTES:
+            return flat.tobytes()
+        return _pack_bits(flat, self.settings.bits_per_symbol)
 
     def decode(self, payload: bytes) -> np.ndarray:
         """Inverse of :meth:`encode`. Any malformed input raises :class:`CodecError`."""

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping, TypeVar
+from typing import Any, TypeVar
+from collections.abc import Mapping
 
 _C = TypeVar("_C", bound="_DictConfig")
 
@@ -91,6 +92,7 @@ class TrainConfig(_DictConfig):
     second_order: bool = False
     remap_channels: bool = True
     max_train_samples: int = 0
+    augment_shift: int = 2
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.lam <= 1.0:

@@ -79,5 +79,5 @@ def evaluate(
         "symbols_per_sample": symbols_per_sample,
         "raw_image_zstd_bytes_mean": float(np.mean(raw_sizes)),
         "codec_layout": checkpoint.codec.layout,
-        "merge_weights": [float(w) for w in model.merge.weights()],
+        "merge_weights": model.merge.weights().detach().tolist(),
     }

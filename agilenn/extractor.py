@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from torch import Tensor, nn
 
 from .config import ModelConfig
@@ -40,7 +42,8 @@ class FeatureExtractor(nn.Module):
 
     def permute_output_channels(self, order: Tensor) -> None:
         """Reorder the output channels in place (used by importance remapping)."""
-        conv, norm = self.pointwise[0], self.pointwise[1]
+        conv = cast(nn.Conv2d, self.pointwise[0])
+        norm = cast(nn.BatchNorm2d, self.pointwise[1])
         conv.weight.data = conv.weight.data[order].clone()
         for name in ("weight", "bias", "running_mean", "running_var"):
             tensor = getattr(norm, name)

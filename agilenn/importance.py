@@ -19,7 +19,8 @@ term is zero almost everywhere and both paths give the same update;
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import torch
 from captum._utils.gradient import _run_forward

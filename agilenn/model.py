@@ -90,7 +90,7 @@ class AgileNN(nn.Module):
         frozen = {id(p) for p in self.reference.parameters()}
         return [p for p in self.parameters() if id(p) not in frozen]
 
-    def train(self, mode: bool = True) -> "AgileNN":
+    def train(self, mode: bool = True) -> AgileNN:
         super().train(mode)
         # The reference keeps eval mode even in training: it is frozen.
         if not any(p.requires_grad for p in self.reference.parameters()):
@@ -98,7 +98,10 @@ class AgileNN(nn.Module):
         return self
 
     def permute_feature_channels(self, order: Tensor) -> None:
-        """Reorder channels so ``order[0]`` becomes channel 0 (the most local)."""
+        """Reorder channels so ``order[0]`` becomes channel 0 (the most local).
+
+        Only the extractor and the reference see all channels; call this before
+        the local and remote predictors are trained, as the AgileNN stage does.
+        """
         self.extractor.permute_output_channels(order)
-        first_conv = self.reference.body[0]
-        first_conv.weight.data = first_conv.weight.data[:, order].clone()
+        self.reference.permute_input_channels(order)

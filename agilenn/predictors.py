@@ -6,7 +6,8 @@ Remote architectures are picked by name (``ModelConfig.remote_arch``) from
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -52,6 +53,10 @@ class SmallCNN(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         return self.head(self.body(features))
+
+    def permute_input_channels(self, order: Tensor) -> None:
+        first_conv = cast(nn.Conv2d, self.body[0])
+        first_conv.weight.data = first_conv.weight.data[:, order].clone()
 
 
 class InvertedResidual(nn.Module):
@@ -116,7 +121,7 @@ def build_remote_predictor(config: ModelConfig) -> nn.Module:
     return factory(config.remote_channels, config.num_classes, config.remote_width)
 
 
-def build_reference_network(config: ModelConfig) -> nn.Module:
+def build_reference_network(config: ModelConfig) -> SmallCNN:
     """The frozen importance oracle: sees all channels of the feature map."""
     return SmallCNN(config.feature_channels, config.num_classes, config.reference_width)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import re
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -278,7 +279,9 @@ def test_tampered_tensor(checkpoint_bytes: bytes) -> None:
     ],
     ids=["config", "codec", "dropped-tensor", "other-hash", "no-hash"],
 )
-def test_tampered_fields_fail_the_hash(checkpoint_bytes: bytes, edit: Callable[[dict[str, Any]], None]) -> None:
+def test_tampered_fields_fail_the_hash(
+    checkpoint_bytes: bytes, edit: Callable[[dict[str, Any]], None]
+) -> None:
     with pytest.raises(CheckpointError, match="hash"):
         Checkpoint.from_bytes(edited(checkpoint_bytes, edit))
 
@@ -330,3 +333,18 @@ def test_state_dict_that_does_not_fit_the_config(model: AgileNN, checkpoint_byte
     assert loaded.config == narrower
     with pytest.raises(CheckpointError, match="do not fit"):
         loaded.build_model()
+
+
+def test_half_precision_copy_halves_the_file_and_keeps_the_model() -> None:
+    torch.manual_seed(0)
+    model = AgileNN(ModelConfig()).eval()
+    full = Checkpoint.from_model(model, CodecSettings())
+    half = full.to_half()
+    assert all(t.dtype != torch.float32 for t in half.state_dict.values())
+    assert len(half.to_bytes()) < 0.6 * len(full.to_bytes())
+    restored = Checkpoint.from_bytes(half.to_bytes())
+    assert restored.model_hash == half.model_hash != full.model_hash
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        expected, got = model(x).logits, restored.build_model()(x).logits
+    assert torch.allclose(expected, got, atol=0.05)

@@ -120,7 +120,9 @@ def test_eval_errors_are_clear(
     assert message in capsys.readouterr().err
 
 
-def test_eval_refuses_a_corrupt_checkpoint(tmp_path: Path, trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_refuses_a_corrupt_checkpoint(
+    tmp_path: Path, trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     corrupt = tmp_path / "corrupt.agnn"
     data = bytearray(trained.read_bytes())
     corrupt.write_bytes(bytes(data[: len(data) // 2]))

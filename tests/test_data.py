@@ -388,7 +388,7 @@ def test_load_cifar10_places_each_pixel_by_plane_row_and_column(tmp_path: Path) 
         {(1, 5, 7): 201, (2, 31, 31): 202, (2, 0, 1): 203},  # green, blue
         {(0, 16, 3): 99, (1, 16, 3): 98, (2, 16, 3): 97},  # one pixel, three channels
     ]
-    raw = b"".join(cifar_record(label, pixels) for label, pixels in zip((7, 0, 9), markers))
+    raw = b"".join(cifar_record(label, pixels) for label, pixels in zip((7, 0, 9), markers, strict=True))
     (tmp_path / "test_batch.bin").write_bytes(raw)
     data = load_cifar10(tmp_path, "test")
     assert data.labels.tolist() == [7, 0, 9]

@@ -8,7 +8,7 @@ from agilenn.config import ModelConfig, TrainConfig
 from agilenn.data import make_synthetic
 from agilenn.importance import channel_importance, integrated_gradients
 from agilenn.losses import skewness
-from agilenn.training import EpochMetrics, Trainer
+from agilenn.training import EpochMetrics, Trainer, random_shift
 
 TINY_MODEL = ModelConfig(stem_channels=8, feature_channels=10, remote_width=16, reference_width=16)
 TRAIN_SET = make_synthetic(1024, seed=0)
@@ -79,3 +79,14 @@ def test_resume_continues_exactly_where_training_stopped() -> None:
     for name, tensor in straight.model.state_dict().items():
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name
     assert [m.loss for m in resumed.history] == [m.loss for m in straight.history]
+
+
+def test_random_shift_translates_with_zero_fill() -> None:
+    image = torch.zeros(1, 1, 6, 6)
+    image[0, 0, 2, 3] = 1.0
+    shifted = random_shift(image.repeat(50, 1, 1, 1), 2, torch.Generator().manual_seed(0))
+    positions = {tuple((s[0] == 1.0).nonzero()[0].tolist()) for s in shifted}
+    assert all(abs(r - 2) <= 2 and abs(c - 3) <= 2 for r, c in positions)
+    assert len(positions) > 5  # really random, not one fixed offset
+    assert float(shifted.sum()) == 50.0  # nothing wraps around or duplicates
+    assert random_shift(image, 0, torch.Generator()) is image

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..data import DATASETS, load_dataset
 from ..errors import AgileNNError

@@ -15,7 +15,8 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import torch
 
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="continue from OUT.train-state.pt")
     parser.add_argument("--codec-layout", choices=sorted(LAYOUTS), default="bytes")
     parser.add_argument("--codec-level", type=int, default=19, help="zstd level")
+    parser.add_argument("--half", action="store_true", help="store weights as float16 (half the size)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_config_flags(parser, ModelConfig)
     _add_config_flags(parser, TrainConfig)
@@ -100,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         checkpoint = Checkpoint.from_model(
             trainer.model, codec, {**metadata, "history": [asdict(m) for m in trainer.history]}
         )
+        if args.half:
+            checkpoint = checkpoint.to_half()
         write_atomically(args.out, checkpoint.to_bytes())
         buffer = io.BytesIO()
         torch.save(trainer.state_dict(), buffer)

@@ -11,7 +11,7 @@ import io
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

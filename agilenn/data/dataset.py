@@ -31,7 +31,7 @@ class ImageDataset:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
-    def head(self, count: int) -> "ImageDataset":
+    def head(self, count: int) -> ImageDataset:
         """The first ``count`` samples (all when ``count`` <= 0)."""
         if count <= 0 or count >= len(self):
             return self

@@ -20,7 +20,7 @@ def make_synthetic(
     labels = rng.integers(0, num_classes, size=count)
     shifts = rng.integers(-1, 2, size=(count, 2))
     images = np.empty((count, 1, image_size, image_size), dtype=np.uint8)
-    for i, (label, (dy, dx)) in enumerate(zip(labels, shifts)):
+    for i, (label, (dy, dx)) in enumerate(zip(labels, shifts, strict=True)):
         pattern = np.roll(prototypes[label], (dy, dx), axis=(0, 1)) * 200.0
         noisy = pattern + rng.normal(0.0, 25.0, size=pattern.shape)
         images[i, 0] = np.clip(noisy, 0, 255).astype(np.uint8)
