@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -207,3 +208,18 @@ def order0_entropy_bits(symbol_counts: np.ndarray) -> float:
     counts = np.asarray(symbol_counts, dtype=np.float64)
     probabilities = counts[counts > 0] / counts.sum()
     return float(-(probabilities * np.log2(probabilities)).sum())
+
+
+def train_dictionary(settings: CodecSettings, samples: Iterable[np.ndarray], size: int) -> CodecSettings:
+    """Settings with a zstd dictionary of ``size`` bytes trained on symbol samples.
+
+    Train on training-set payloads only; a dictionary saves most on small
+    payloads because zstd then needs no per-frame entropy tables.
+    """
+    plain = FeatureCodec(replace(settings, dictionary=b""))
+    bodies: list[bytes | bytearray | memoryview] = [plain.raw_body(s) for s in samples]
+    try:
+        dictionary = zstandard.train_dictionary(size, bodies, level=settings.level)
+    except zstandard.ZstdError as exc:
+        raise ValueError(f"cannot train a {size}-byte dictionary on {len(bodies)} samples: {exc}") from exc
+    return replace(settings, dictionary=dictionary.as_bytes())

@@ -19,8 +19,18 @@ from .codec import FeatureCodec, order0_entropy_bits
 from .data import ImageDataset
 from .importance import channel_importance, integrated_gradients
 from .losses import skewness
+from .model import AgileNN
 
 RAW_IMAGE_ZSTD_LEVEL = 19
+
+
+def device_symbols(model: AgileNN, dataset: ImageDataset, batch_size: int = 1000) -> np.ndarray:
+    """The symbols the device would send for every image, as uint8 (N, C-k, H, W)."""
+    chunks = []
+    for start in range(0, len(dataset), batch_size):
+        images, _ = dataset.batch(slice(start, start + batch_size))
+        chunks.append(model.device_forward(images).symbols.numpy().astype(np.uint8))
+    return np.concatenate(chunks)
 
 
 def evaluate(

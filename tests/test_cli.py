@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from agilenn.checkpoint import Checkpoint
 from agilenn.cli import main
@@ -153,3 +154,30 @@ def test_shipped_sample_runs_offline(capsys: pytest.CaptureFixture[str]) -> None
     assert main(["eval", "--dataset", "mnist-sample", "--json"]) == 0
     report = _json_output(capsys)
     assert report["dataset"] == "mnist-sample" and report["accuracy"] > 0.95
+
+
+def test_codec_command_retunes_the_codec_and_keeps_the_weights(
+    tmp_path: Path, trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "retuned.agnn"
+    args = ["codec", "--model", str(trained), "--level", "3", "--dictionary-size", "1024",
+            "--dataset", "synthetic", "--samples", "400", "--out", str(out)]
+    assert main(args) == 0
+    summary = _json_output(capsys)
+    before, after = Checkpoint.from_bytes(trained.read_bytes()), Checkpoint.from_bytes(out.read_bytes())
+    assert summary["model_hash"] == after.model_hash != before.model_hash
+    assert after.codec.level == 3 and 0 < len(after.codec.dictionary) <= 1024
+    assert all(torch.equal(before.state_dict[k], after.state_dict[k]) for k in before.state_dict)
+    assert main(["eval", "--model", str(out), "--dataset", "synthetic", "--limit", "100", "--json"]) == 0
+    report = _json_output(capsys)
+    assert report["model_hash"] == after.model_hash and report["n_samples"] == 100
+
+
+def test_codec_command_reports_an_untrainable_dictionary(
+    tmp_path: Path, trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["codec", "--model", str(trained), "--dictionary-size", "1000000", "--dataset", "synthetic",
+            "--samples", "5", "--out", str(tmp_path / "x.agnn")]
+    assert main(args) == 2
+    assert "cannot train" in capsys.readouterr().err
+    assert not (tmp_path / "x.agnn").exists()

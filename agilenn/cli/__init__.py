@@ -15,6 +15,8 @@ from .. import __version__
 COMMANDS = {
     "train": ("agilenn.cli.train", "train an AgileNN model (reference + AgileNN stages)"),
     "eval": ("agilenn.cli.evaluate", "evaluate a model through the real codec path"),
+    "codec": ("agilenn.cli.codec", "retune a model's feature codec (zstd level, dictionary)"),
+    "keygen": ("agilenn.cli.keygen", "write CURVE key pairs for servers and devices"),
 }
 
 

@@ -1,0 +1,56 @@
+"""``agilenn codec``: retune a trained model's feature codec without retraining.
+
+Sets the zstd level and layout and, with ``--dictionary-size``, trains a zstd
+dictionary on the payloads of the first ``--samples`` training images. The
+codec settings are part of the model hash, so the result is a new model as far
+as the wire is concerned: servers and devices must both load it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..checkpoint import Checkpoint
+from ..codec import LAYOUTS, train_dictionary
+from ..data import DATASETS, load_dataset
+from ..errors import AgileNNError
+from ..evaluate import device_symbols
+from .common import DEFAULT_MODEL, fail, load_checkpoint, print_json, write_atomically
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agilenn codec", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--layout", choices=sorted(LAYOUTS))
+    parser.add_argument("--level", type=int, help="zstd level (1-22)")
+    parser.add_argument("--dictionary-size", type=int, default=0, help="bytes; 0 = no dictionary")
+    parser.add_argument("--dataset", choices=DATASETS, default="mnist")
+    parser.add_argument("--data-dir", help="training data for the dictionary (default: $AGILENN_DATA)")
+    parser.add_argument("--samples", type=int, default=10_000)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        checkpoint = load_checkpoint(args.model)
+        changes = {k: v for k, v in (("layout", args.layout), ("level", args.level)) if v is not None}
+        settings = dataclasses.replace(checkpoint.codec, dictionary=b"", **changes)
+        if args.dictionary_size > 0:
+            train = load_dataset(args.dataset, "train", args.data_dir).head(args.samples)
+            symbols = device_symbols(checkpoint.build_model(), train)
+            settings = train_dictionary(settings, symbols, args.dictionary_size)
+    except (AgileNNError, OSError, ValueError) as exc:
+        return fail(str(exc))
+    retuned = Checkpoint(checkpoint.config, settings, checkpoint.state_dict,
+                         {**checkpoint.metadata, "codec_retuned_from": checkpoint.model_hash})
+    write_atomically(args.out, retuned.to_bytes())
+    print_json({"out": str(args.out), "model_hash": retuned.model_hash,
+                "previous_model_hash": checkpoint.model_hash, "layout": settings.layout,
+                "level": settings.level, "dictionary_bytes": len(settings.dictionary)})
+    return 0

@@ -1,0 +1,283 @@
+"""Selective-repeat ARQ over serial frames. Sans-IO: no threads, no clock.
+
+The caller feeds received bytes and the current time, and collects bytes to
+write and events. Guarantees: each message is delivered to the peer exactly
+once and in order, or it is reported failed to the sender. A message is split
+into DATA frames of at most ``max_frame_payload`` bytes (FLAG_MORE on all but
+the last) and reassembled on the other side.
+
+* Sender: at most ``window`` frames in flight. A cumulative ACK(n) confirms
+  everything before n; NAK(n) asks for frame n again at once; a frame unanswered
+  for ``retransmit_timeout`` is sent again, up to ``max_retries`` times, after
+  which its message and every message with frames in flight are reported
+  failed and the stream is RESET so the receiver drops partial messages.
+* Receiver: buffers out-of-order frames inside the window, suppresses
+  duplicates by sequence number, NAKs a gap once, and ACKs every DATA frame.
+* Every sender starts with a RESET handshake, so a peer that rebooted cannot
+  mistake a new stream's frames for old duplicates.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from .framing import Frame, FrameKind, decode_frame, encode_frame, max_wire_size
+
+SEQ_SPACE = 256
+
+
+@dataclass(frozen=True)
+class ArqConfig:
+    max_frame_payload: int = 240
+    window: int = 8
+    retransmit_timeout: float = 0.25
+    max_retries: int = 10
+    max_message_bytes: int = 256 * 1024
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.window <= SEQ_SPACE // 2:
+            raise ValueError("window must lie in [1, 128] for 8-bit selective repeat")
+        if not 1 <= self.max_frame_payload <= 0xFFFF:
+            raise ValueError("max_frame_payload must lie in [1, 65535]")
+
+    @classmethod
+    def for_line_rate(cls, bytes_per_second: float, **overrides: object) -> ArqConfig:
+        """A timeout that covers a full window's serialisation both ways, plus margin."""
+        base = cls(**overrides)  # type: ignore[arg-type]
+        window_seconds = base.window * max_wire_size(base.max_frame_payload) / bytes_per_second
+        return cls(**{**base.__dict__, "retransmit_timeout": 0.05 + 2.5 * window_seconds})
+
+
+@dataclass
+class _InFlight:
+    wire: bytes
+    message_id: int
+    sent_at: float
+    retries: int = 0
+
+
+@dataclass
+class ArqStats:
+    frames_sent: int = 0
+    retransmissions: int = 0
+    bad_frames: int = 0
+    duplicates: int = 0
+    messages_delivered: int = 0
+    messages_failed: int = 0
+    resets: int = 0
+
+
+def _distance(a: int, b: int) -> int:
+    """How far ``b`` lies ahead of ``a`` in sequence space."""
+    return (b - a) % SEQ_SPACE
+
+
+@dataclass
+class ArqEndpoint:
+    config: ArqConfig = field(default_factory=ArqConfig)
+
+    def __post_init__(self) -> None:
+        self.stats = ArqStats()
+        self._rx_buffer = b""
+        self._output: list[bytes] = []
+        self._delivered: list[bytes] = []
+        self._acknowledged: list[int] = []
+        self._failed: list[int] = []
+        # sender
+        self._next_message_id = 0
+        self._next_seq = 0
+        self._pending: deque[tuple[int, bytes, bool]] = deque()
+        self._inflight: dict[int, _InFlight] = {}
+        self._fragments_left: dict[int, int] = {}  # not yet acknowledged
+        self._fragment_totals: dict[int, int] = {}
+        self._resetting = True
+        self._reset_sent_at: float | None = None
+        # receiver
+        self._expected = 0
+        self._out_of_order: dict[int, Frame] = {}
+        self._assembly = bytearray()
+        self._nak_sent_for: int | None = None
+
+    # ----------------------------------------------------------- public API
+    def send(self, message: bytes, now: float) -> int:
+        """Queue a message; returns its id for the acknowledged/failed events."""
+        if len(message) > self.config.max_message_bytes:
+            raise ValueError(f"message of {len(message)} bytes exceeds max_message_bytes")
+        message_id = self._next_message_id
+        self._next_message_id += 1
+        size = self.config.max_frame_payload
+        pieces = [message[i : i + size] for i in range(0, len(message), size)] or [b""]
+        for index, piece in enumerate(pieces):
+            self._pending.append((message_id, piece, index < len(pieces) - 1))
+        self._fragments_left[message_id] = self._fragment_totals[message_id] = len(pieces)
+        self._pump(now)
+        return message_id
+
+    def abandon(self, message_id: int, now: float) -> bool:
+        """Give up on a message not yet fully sent (caller timeout); True if it was pending."""
+        if message_id not in self._fragments_left:
+            return False
+        self._fail({message_id}, now)
+        return True
+
+    def receive(self, data: bytes, now: float) -> None:
+        self._rx_buffer += data
+        while self._rx_buffer:
+            decoded = decode_frame(self._rx_buffer, self.config.max_frame_payload)
+            if decoded.consumed == 0:
+                break
+            self._rx_buffer = self._rx_buffer[decoded.consumed :]
+            if decoded.error:
+                self.stats.bad_frames += 1
+            elif decoded.frame is not None:
+                self._on_frame(decoded.frame, now)
+        self._pump(now)
+
+    def poll(self, now: float) -> None:
+        """Run the retransmission timers."""
+        timeout = self.config.retransmit_timeout
+        if self._resetting:
+            if self._reset_sent_at is not None and now - self._reset_sent_at >= timeout:
+                self._send_reset(now)
+            return
+        for seq, entry in list(self._inflight.items()):
+            if now - entry.sent_at < timeout:
+                continue
+            if entry.retries >= self.config.max_retries:
+                failed = {e.message_id for e in self._inflight.values()}
+                self._fail(failed, now)
+                return
+            self._retransmit(seq, now)
+        self._pump(now)
+
+    def take_output(self) -> bytes:
+        out, self._output = b"".join(self._output), []
+        return out
+
+    def take_delivered(self) -> list[bytes]:
+        out, self._delivered = self._delivered, []
+        return out
+
+    def take_acknowledged(self) -> list[int]:
+        out, self._acknowledged = self._acknowledged, []
+        return out
+
+    def take_failed(self) -> list[int]:
+        out, self._failed = self._failed, []
+        return out
+
+    @property
+    def idle(self) -> bool:
+        return not self._pending and not self._inflight
+
+    # ----------------------------------------------------------- sender side
+    def _emit(self, frame: Frame) -> bytes:
+        wire = encode_frame(frame)
+        self._output.append(wire)
+        self.stats.frames_sent += 1
+        return wire
+
+    def _send_reset(self, now: float) -> None:
+        self._reset_sent_at = now
+        self._emit(Frame(FrameKind.RESET, self._next_seq))
+
+    def _pump(self, now: float) -> None:
+        if self._resetting:
+            if self._reset_sent_at is None and (self._pending or self._inflight):
+                self._send_reset(now)
+            return
+        while self._pending and len(self._inflight) < self.config.window:
+            message_id, piece, more = self._pending.popleft()
+            seq = self._next_seq
+            self._next_seq = (seq + 1) % SEQ_SPACE
+            wire = self._emit(Frame(FrameKind.DATA, seq, piece, more))
+            self._inflight[seq] = _InFlight(wire, message_id, now)
+
+    def _retransmit(self, seq: int, now: float) -> None:
+        entry = self._inflight[seq]
+        entry.retries += 1
+        entry.sent_at = now
+        self._output.append(entry.wire)
+        self.stats.frames_sent += 1
+        self.stats.retransmissions += 1
+
+    def _fail(self, message_ids: set[int], now: float) -> None:
+        partly_sent = any(
+            sum(1 for p in self._pending if p[0] == message_id) < self._fragment_totals[message_id]
+            for message_id in message_ids
+            if message_id in self._fragment_totals
+        )
+        if partly_sent:
+            # The receiver may hold fragments of these messages, and the stream
+            # is ordered: restart it, which fails whatever else is in flight too.
+            message_ids = message_ids | {e.message_id for e in self._inflight.values()}
+            self._inflight.clear()
+            self._resetting, self._reset_sent_at = True, None
+            self.stats.resets += 1
+        for message_id in sorted(message_ids):
+            if self._fragments_left.pop(message_id, None) is not None:
+                del self._fragment_totals[message_id]
+                self._failed.append(message_id)
+                self.stats.messages_failed += 1
+        self._pending = deque(p for p in self._pending if p[0] not in message_ids)
+        self._pump(now)
+
+    def _on_ack(self, next_expected: int) -> None:
+        for seq in list(self._inflight):
+            if not 0 < _distance(seq, next_expected) <= self.config.window:
+                continue
+            message_id = self._inflight.pop(seq).message_id
+            left = self._fragments_left[message_id] - 1
+            if left:
+                self._fragments_left[message_id] = left
+            else:
+                del self._fragments_left[message_id], self._fragment_totals[message_id]
+                self._acknowledged.append(message_id)
+
+    # ----------------------------------------------------------- receiver side
+    def _on_frame(self, frame: Frame, now: float) -> None:
+        if frame.kind is FrameKind.DATA:
+            self._on_data(frame)
+        elif frame.kind is FrameKind.ACK:
+            self._on_ack(frame.seq)
+        elif frame.kind is FrameKind.NAK:
+            self._on_ack(frame.seq)
+            if frame.seq in self._inflight:
+                self._retransmit(frame.seq, now)
+        elif frame.kind is FrameKind.RESET:
+            self._expected = frame.seq
+            self._out_of_order.clear()
+            self._assembly.clear()
+            self._nak_sent_for = None
+            self._emit(Frame(FrameKind.RESET_ACK, frame.seq))
+        elif frame.kind is FrameKind.RESET_ACK:
+            if self._resetting and frame.seq == self._next_seq:
+                self._resetting, self._reset_sent_at = False, None
+
+    def _on_data(self, frame: Frame) -> None:
+        ahead = _distance(self._expected, frame.seq)
+        if ahead >= self.config.window:
+            self.stats.duplicates += 1  # behind the window: already delivered
+        elif frame.seq in self._out_of_order:
+            self.stats.duplicates += 1
+        else:
+            self._out_of_order[frame.seq] = frame
+            while self._expected in self._out_of_order:
+                self._accept(self._out_of_order.pop(self._expected))
+                self._expected = (self._expected + 1) % SEQ_SPACE
+            if self._out_of_order and self._nak_sent_for != self._expected:
+                self._nak_sent_for = self._expected
+                self._emit(Frame(FrameKind.NAK, self._expected))
+        self._emit(Frame(FrameKind.ACK, self._expected))
+
+    def _accept(self, frame: Frame) -> None:
+        self._assembly += frame.payload
+        if len(self._assembly) > self.config.max_message_bytes:
+            self._assembly.clear()  # a peer breaking the size limit; its message is dropped
+            self.stats.bad_frames += 1
+            return
+        if not frame.more:
+            self._delivered.append(bytes(self._assembly))
+            self._assembly.clear()
+            self.stats.messages_delivered += 1

@@ -1,0 +1,290 @@
+"""The msgpack message schema shared by devices, edge nodes and servers. Pure.
+
+Every message is a msgpack array of seven items::
+
+    [version, type, request_id, device_id, model_hash, timestamps, body]
+
+``body`` is a map whose fields depend on ``type`` (see :data:`BODY_SCHEMAS`).
+Decoding validates everything against hard limits; each failure raises a
+:class:`ProtocolError` whose ``code`` a server puts in its error reply.
+docs/PROTOCOL.md gives the byte layouts with a worked example.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from enum import IntEnum
+from types import MappingProxyType
+from typing import Any, NamedTuple
+
+import msgpack
+import numpy as np
+
+from agilenn.errors import AgileNNError
+
+PROTOCOL_VERSION = 1
+MAX_MESSAGE_BYTES = 256 * 1024
+MAX_DEVICE_ID_BYTES = 64
+MODEL_HASH_BYTES = 8
+MAX_TIMESTAMPS = 16
+MAX_REQUEST_ID = 2**32 - 1
+
+
+class MessageType(IntEnum):
+    INFER_REQUEST = 1
+    INFER_REPLY = 2
+    ERROR = 3
+    PING = 4
+    PONG = 5
+    HELLO = 6
+    HELLO_REPLY = 7
+    WEIGHT_CHUNK = 8
+    WEIGHT_COMMIT = 9
+    COMMIT_REPLY = 10
+
+
+class ProtocolError(AgileNNError):
+    """A message broke the schema. ``code`` is the machine-readable reason."""
+
+    code = "malformed"
+
+
+class MalformedMessage(ProtocolError):
+    code = "malformed"
+
+
+class UnsupportedVersion(ProtocolError):
+    code = "unsupported-version"
+
+
+class UnknownMessageType(ProtocolError):
+    code = "unknown-type"
+
+
+class MessageTooLarge(ProtocolError):
+    code = "too-large"
+
+
+class NonFiniteValue(ProtocolError):
+    code = "non-finite"
+
+
+# ---------------------------------------------------------------- field checks
+# A check takes a value and raises a ProtocolError without the field's name;
+# the caller adds the name. The happy path formats no strings, because every
+# inference request runs these checks twice (once per side).
+Check = Callable[[Any], None]
+
+
+def _binary(max_bytes: int, exact: bool = False) -> Check:
+    def check(value: Any) -> None:
+        if type(value) is not bytes:
+            raise MalformedMessage(f"must be bytes, not {type(value).__name__}")
+        if len(value) > max_bytes:
+            raise MessageTooLarge(f"is {len(value)} bytes, the limit is {max_bytes}")
+        if exact and len(value) != max_bytes:
+            raise MalformedMessage(f"must be exactly {max_bytes} bytes")
+    return check
+
+
+def _float16_array(max_values: int) -> Check:
+    as_bytes = _binary(2 * max_values)
+
+    def check(value: Any) -> None:
+        as_bytes(value)
+        if len(value) % 2:
+            raise MalformedMessage("must hold float16 values (an even byte count)")
+        # A little-endian float16 is NaN or infinite exactly when its exponent
+        # bits (0x7C of the high byte) are all set.
+        if any(high & 0x7C == 0x7C for high in value[1::2]):
+            raise NonFiniteValue("holds NaN or infinity")
+    return check
+
+
+def _text(max_bytes: int) -> Check:
+    def check(value: Any) -> None:
+        if type(value) is not str:
+            raise MalformedMessage(f"must be a string, not {type(value).__name__}")
+        if len(value) > max_bytes // 4 and len(value.encode()) > max_bytes:
+            raise MessageTooLarge(f"is longer than {max_bytes} bytes")
+    return check
+
+
+def _unsigned(maximum: int) -> Check:
+    def check(value: Any) -> None:
+        if type(value) is not int or not 0 <= value <= maximum:
+            raise MalformedMessage(f"must be an integer in [0, {maximum}]")
+    return check
+
+
+def _boolean(value: Any) -> None:
+    if type(value) is not bool:
+        raise MalformedMessage("must be true or false")
+
+
+_timing_key = _text(16)
+
+
+def _durations(value: Any) -> None:
+    if not isinstance(value, Mapping) or len(value) > MAX_TIMESTAMPS:
+        raise MalformedMessage(f"must be a map of at most {MAX_TIMESTAMPS} entries")
+    for key, number in value.items():
+        _timing_key(key)
+        if type(number) is not float and type(number) is not int:
+            raise MalformedMessage(f"[{key!r}] must be a number")
+        if not math.isfinite(number):
+            raise NonFiniteValue(f"[{key!r}] is not finite")
+
+
+def _checked(name: str, check: Check, value: Any) -> None:
+    try:
+        check(value)
+    except ProtocolError as exc:
+        raise type(exc)(f"{name} {exc}") from None
+
+
+MAX_PAYLOAD_BYTES = 64 * 1024
+MAX_CLASSES = 1024
+MAX_CHUNK_BYTES = 16 * 1024
+
+# type -> {field: check}. Every listed field is required; no others are allowed.
+# The per-inference messages use one- or two-letter keys because every byte
+# costs 87 us on a 115200-baud link: p = feature payload, l = local logits
+# (float16), c = class, pr = probabilities (float16), tm = server timings (ms).
+BODY_SCHEMAS: dict[MessageType, dict[str, Check]] = {
+    MessageType.INFER_REQUEST: {"p": _binary(MAX_PAYLOAD_BYTES), "l": _float16_array(MAX_CLASSES)},
+    MessageType.INFER_REPLY: {"c": _unsigned(MAX_CLASSES - 1), "pr": _float16_array(MAX_CLASSES),
+                              "tm": _durations},
+    MessageType.ERROR: {"code": _text(32), "reason": _text(512)},
+    MessageType.PING: {},
+    MessageType.PONG: {},
+    MessageType.HELLO: {"firmware": _text(32)},
+    MessageType.HELLO_REPLY: {"accepted": _boolean, "reason": _text(256),
+                              "update_chunks": _unsigned(2**16)},
+    MessageType.WEIGHT_CHUNK: {"index": _unsigned(2**16), "data": _binary(MAX_CHUNK_BYTES),
+                               "crc32": _unsigned(2**32 - 1)},
+    MessageType.WEIGHT_COMMIT: {"chunks": _unsigned(2**16), "sha256": _binary(32, exact=True)},
+    MessageType.COMMIT_REPLY: {"accepted": _boolean, "reason": _text(256)},
+}
+
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+class Message(NamedTuple):
+    """One protocol message. A NamedTuple because it is built twice per inference."""
+
+    type: MessageType
+    request_id: int
+    device_id: str
+    model_hash: bytes = b""
+    body: Mapping[str, Any] = _EMPTY
+    timestamps: Mapping[str, float] = _EMPTY
+    version: int = PROTOCOL_VERSION
+
+
+_request_id = _unsigned(MAX_REQUEST_ID)
+_device_id = _text(MAX_DEVICE_ID_BYTES)
+_model_hash = _binary(MODEL_HASH_BYTES, exact=True)
+_SCHEMA_FIELDS = {kind: frozenset(schema) for kind, schema in BODY_SCHEMAS.items()}
+
+
+def _listed(keys: set[Any] | frozenset[Any]) -> str:
+    # Sorted by repr: a hostile peer may mix bytes and str keys, which do not sort together.
+    return f"[{', '.join(sorted(map(repr, keys)))}]" if keys else "nothing"
+
+
+def _validate(message: Message) -> None:
+    if type(message.version) is not int or message.version != PROTOCOL_VERSION:
+        raise UnsupportedVersion(
+            f"protocol version {message.version}; this side speaks {PROTOCOL_VERSION}"
+        )
+    _checked("request_id", _request_id, message.request_id)
+    _checked("device_id", _device_id, message.device_id)
+    if message.model_hash:
+        _checked("model_hash", _model_hash, message.model_hash)
+    _checked("timestamps", _durations, message.timestamps)
+    body = message.body
+    if not isinstance(body, Mapping):
+        raise MalformedMessage("body must be a map")
+    if body.keys() != _SCHEMA_FIELDS[message.type]:
+        schema = _SCHEMA_FIELDS[message.type]
+        raise MalformedMessage(f"{message.type.name} body: missing {_listed(schema - set(body))}, "
+                               f"unexpected {_listed(set(body) - schema)}")
+    for name, check in BODY_SCHEMAS[message.type].items():
+        try:
+            check(body[name])
+        except ProtocolError as exc:
+            raise type(exc)(f"{message.type.name}.{name} {exc}") from None
+
+
+def encode_message(message: Message) -> bytes:
+    """Validate and pack. An invalid message is never put on the wire."""
+    _validate(message)
+    try:
+        data: bytes = msgpack.packb(
+            [message.version, int(message.type), message.request_id, message.device_id,
+             message.model_hash, dict(message.timestamps), dict(message.body)],
+            use_bin_type=True,
+        )
+    except (OverflowError, TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
+        raise MalformedMessage(f"cannot be packed: {exc}") from exc
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise MessageTooLarge(f"message is {len(data)} bytes, the limit is {MAX_MESSAGE_BYTES}")
+    return data
+
+
+def decode_message(data: bytes) -> Message:
+    """Unpack and validate untrusted bytes; any defect raises a ProtocolError."""
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise MessageTooLarge(f"message is {len(data)} bytes, the limit is {MAX_MESSAGE_BYTES}")
+    try:
+        items = msgpack.unpackb(
+            data, raw=False, strict_map_key=True, use_list=True,
+            max_bin_len=MAX_MESSAGE_BYTES, max_str_len=MAX_MESSAGE_BYTES,
+            max_array_len=64, max_map_len=64, max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises a dozen types on hostile bytes
+        raise MalformedMessage(f"not a msgpack message: {exc}") from exc
+    if not isinstance(items, list) or len(items) != 7:
+        raise MalformedMessage("a message is a msgpack array of 7 items")
+    version, type_code, request_id, device_id, model_hash, timestamps, body = items
+    if type(version) is not int or version != PROTOCOL_VERSION:
+        raise UnsupportedVersion(f"protocol version {version!r}; this side speaks {PROTOCOL_VERSION}")
+    try:
+        if type(type_code) is not int:
+            raise ValueError
+        message_type = MessageType(type_code)
+    except ValueError:
+        raise UnknownMessageType(f"unknown message type {type_code!r:.40}") from None
+    if not isinstance(timestamps, dict) or not isinstance(body, dict):
+        raise MalformedMessage("timestamps and body must be maps")
+    if not isinstance(model_hash, bytes):
+        raise MalformedMessage("model_hash must be bytes")
+    message = Message(message_type, request_id, device_id, model_hash, body, timestamps, version)
+    _validate(message)
+    return message
+
+
+def error_reply(request: Message | None, error: ProtocolError | str, reason: str = "") -> Message:
+    """The ERROR message answering ``request`` (or an unparseable one, if None)."""
+    code = error if isinstance(error, str) else error.code
+    # The limit is 512 bytes of UTF-8, not characters; never split a character.
+    text = (reason or str(error)).encode("utf-8", "replace")[:512].decode("utf-8", "ignore")
+    return Message(
+        MessageType.ERROR,
+        request.request_id if request else 0,
+        request.device_id if request else "",
+        request.model_hash if request else b"",
+        {"code": code, "reason": text},
+    )
+
+
+def logits_to_bytes(values: np.ndarray) -> bytes:
+    """Little-endian float16: 2 bytes a class on the wire, plenty for logits."""
+    return np.asarray(values, dtype="<f2").tobytes()
+
+
+def logits_from_bytes(data: bytes) -> np.ndarray:
+    return np.frombuffer(data, dtype="<f2").astype(np.float32)

@@ -1,0 +1,138 @@
+"""A reliable message link: the ARQ state machine driven over any byte pipe.
+
+One background thread reads the pipe and runs the retransmission timers;
+callers block in :meth:`ReliableLink.send` until their message is
+acknowledged or reported failed, and take received messages with :meth:`recv`.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from .arq import ArqConfig, ArqEndpoint, ArqStats
+from .errors import DeliveryFailed, TransportClosed
+from .pipe import Pipe
+
+log = logging.getLogger("agilenn.transports.reliable")
+_READ_SLICE = 0.005  # how often timers run when the line is quiet
+
+
+class ReliableLink:
+    def __init__(self, pipe: Pipe, config: ArqConfig | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._pipe = pipe
+        self._clock = clock
+        self._endpoint = ArqEndpoint(config or ArqConfig())
+        self._state = threading.Condition()
+        self._write_lock = threading.Lock()
+        self._inbox: collections.deque[bytes] = collections.deque()
+        self._outcomes: dict[int, bool] = {}
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="agilenn-reliable-link", daemon=True)
+        self._thread.start()
+
+    @property
+    def stats(self) -> ArqStats:
+        return self._endpoint.stats
+
+    def send(self, message: bytes, timeout: float = 10.0) -> None:
+        """Block until the peer acknowledged ``message``; DeliveryFailed otherwise."""
+        if not self.send_many([message], timeout)[0]:
+            raise DeliveryFailed(f"a {len(message)}-byte message was not acknowledged")
+
+    def send_many(self, messages: Sequence[bytes], timeout: float = 10.0) -> list[bool]:
+        """Queue all messages at once (pipelined) and wait for each one's outcome.
+
+        Returns, in order, whether each was acknowledged; those still unconfirmed
+        after ``timeout`` seconds are abandoned and reported False.
+        """
+        with self._state:
+            if self._closed:
+                raise TransportClosed("reliable link is closed")
+            now = self._clock()
+            ids = [self._endpoint.send(message, now) for message in messages]
+            output = self._endpoint.take_output()
+        self._write(output)
+        deadline = self._clock() + timeout
+        with self._state:
+            while not self._closed and any(i not in self._outcomes for i in ids):
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    break
+                self._state.wait(remaining)
+            for message_id in ids:
+                if message_id not in self._outcomes:
+                    self._endpoint.abandon(message_id, self._clock())
+            self._collect()
+            return [self._outcomes.pop(message_id, False) for message_id in ids]
+
+    def recv(self, timeout: float) -> bytes | None:
+        """The next message from the peer, in order; None after ``timeout`` s."""
+        deadline = self._clock() + timeout
+        with self._state:
+            while not self._inbox:
+                remaining = deadline - self._clock()
+                if self._closed or remaining <= 0:
+                    return None
+                self._state.wait(remaining)
+            return self._inbox.popleft()
+
+    def close(self) -> None:
+        with self._state:
+            self._closed = True
+            self._state.notify_all()
+        self._thread.join()
+        self._pipe.close()
+
+    def __enter__(self) -> ReliableLink:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _collect(self) -> None:
+        """Move the endpoint's events into caller-visible state (lock held)."""
+        self._inbox.extend(self._endpoint.take_delivered())
+        for message_id in self._endpoint.take_acknowledged():
+            self._outcomes[message_id] = True
+        for message_id in self._endpoint.take_failed():
+            self._outcomes[message_id] = False
+        self._state.notify_all()
+
+    def _write(self, data: bytes) -> None:
+        if data:
+            with self._write_lock:
+                self._pipe.write(data)
+
+    def _run(self) -> None:
+        while True:
+            with self._state:
+                if self._closed:
+                    return
+            try:
+                data = self._pipe.read(_READ_SLICE)
+            except TransportClosed as exc:
+                log.info("link closed: %s", exc)
+                with self._state:
+                    self._closed = True
+                    self._state.notify_all()
+                return
+            with self._state:
+                now = self._clock()
+                if data:
+                    self._endpoint.receive(data, now)
+                self._endpoint.poll(now)
+                output = self._endpoint.take_output()
+                self._collect()
+            try:
+                self._write(output)
+            except TransportClosed as exc:
+                log.info("link closed: %s", exc)
+                with self._state:
+                    self._closed = True
+                    self._state.notify_all()
+                return
