@@ -24,16 +24,50 @@ def mnist_dir() -> Path:
     return Path(os.environ.get("AGILENN_DATA") or REPO.parent / "shared" / "data" / "mnist")
 
 
+def _open_sockets() -> set[str]:
+    """This process's socket descriptors (Linux /proc; empty elsewhere)."""
+    found = set()
+    fd_dir = Path("/proc/self/fd")
+    for entry in fd_dir.iterdir() if fd_dir.is_dir() else []:
+        try:
+            target = os.readlink(entry)
+        except OSError:
+            continue  # closed while we looked
+        if target.startswith("socket:"):
+            found.add(f"{entry.name}->{target}")
+    return found
+
+
+def _child_processes() -> set[int]:
+    children = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid() and fields[0] != "Z":
+            children.add(int(stat.parent.name))
+    return children
+
+
+def _leaks(threads: set[threading.Thread], sockets: set[str], children: set[int]) -> list[str]:
+    found = [f"thread {t.name}" for t in threading.enumerate() if t not in threads and t.is_alive()]
+    found += [f"socket {s}" for s in _open_sockets() - sockets]
+    found += [f"process {pid}" for pid in _child_processes() - children]
+    return found
+
+
 @pytest.fixture(autouse=True)
-def _no_leaked_threads() -> Iterator[None]:
-    before = set(threading.enumerate())
+def _no_leaks() -> Iterator[None]:
+    """Fail a test that leaves a thread, a socket or a child process behind."""
+    before = (set(threading.enumerate()), _open_sockets(), _child_processes())
     yield
     deadline = time.monotonic() + 2.0
-    leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
-    while leaked and time.monotonic() < deadline:
+    leaked = _leaks(*before)
+    while leaked and time.monotonic() < deadline:  # closing is asynchronous in places
         time.sleep(0.05)
-        leaked = [t for t in leaked if t.is_alive()]
-    assert not leaked, f"test leaked threads: {leaked}"
+        leaked = _leaks(*before)
+    assert not leaked, f"test leaked: {leaked}"
 
 
 @pytest.fixture(autouse=True)

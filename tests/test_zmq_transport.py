@@ -21,6 +21,7 @@ import pytest
 
 from agilenn.cli import main
 from transports.curve import CurveClientConfig, CurveServerConfig
+from transports.emulator import EmulatedTransport, LinkProfile
 from transports.errors import DeliveryFailed, PeerUnreachable, QueueFull, RequestTimeout
 from transports.errors import TransportClosed
 from transports.zmq_transport import Requester, ZmqClientTransport, ZmqServerTransport
@@ -349,3 +350,43 @@ def test_requester_rejects_nonsense_settings() -> None:
                 Requester(client, **option)
     finally:
         client.close()
+
+
+# ------------------------------------------------------------ emulated links over ZeroMQ
+def test_emulated_link_paces_requests_at_the_line_rate() -> None:
+    slow = LinkProfile("slow", bandwidth_bytes_per_s=10_000.0, delay_s=0.005)
+    with EchoServer() as server:
+        client = EmulatedTransport(ZmqClientTransport(server.endpoint), slow, seed=1)
+        client_requester = Requester(client, timeout=2.0)
+        request = framed(1, bytes(496))  # 500 bytes up, 501 back: 0.1 s on the wire
+        started = time.monotonic()
+        reply = client_requester.request(request, answers(request))
+        elapsed = time.monotonic() - started
+        client.close()
+    assert reply == request + b"!"
+    assert 0.1 <= elapsed < 0.5  # both directions serialised, plus 2 x 5 ms delay
+    assert client.stats.delivered_chunks == 1 and client.stats.dropped_chunks == 0
+
+
+def test_emulated_loss_is_recovered_by_the_lazy_pirate_retries() -> None:
+    lossy = LinkProfile("lossy", loss_rate=0.5)
+    with EchoServer() as server:
+        client = EmulatedTransport(ZmqClientTransport(server.endpoint), lossy, LinkProfile("clean"), seed=3)
+        client_requester = Requester(client, timeout=0.1, attempts=12, backoff_initial=0.0,
+                                     backoff_max=0.0)
+        replies = [client_requester.request(framed(i), answers(framed(i))) for i in range(10)]
+        client.close()
+    assert replies == [framed(i) + b"!" for i in range(10)]
+    assert client.stats.dropped_chunks > 0  # the link really lost requests
+    assert client_requester.stats.retries == client.stats.dropped_chunks
+
+
+def test_emulated_byte_errors_reach_the_server_as_corrupted_messages() -> None:
+    noisy = LinkProfile("noisy", byte_error_rate=0.2)
+    with EchoServer(handler=lambda message: [b"seen"]) as server:
+        client = EmulatedTransport(ZmqClientTransport(server.endpoint), noisy, LinkProfile("clean"))
+        request = bytes(100)
+        assert Requester(client).request(request, lambda reply: reply == b"seen") == b"seen"
+        client.close()
+        assert server.received[0] != request and len(server.received[0]) == 100
+    assert client.stats.corrupted_bytes == sum(1 for byte in server.received[0] if byte)

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import TransportClosed
 from .pipe import Pipe
@@ -95,6 +95,24 @@ class LinkStats:
     delivered_bytes: int = 0
     deliver_errors: int = 0  # deliver() raised
     discarded_chunks: int = 0  # still in flight when the emulator closed
+
+
+def corrupt_bytes(data: bytes, byte_error_rate: float, rng: random.Random) -> tuple[bytes, int]:
+    """XOR bytes with a non-zero mask (so a hit always changes the byte); returns (data, hits)."""
+    if byte_error_rate <= 0 or not data:
+        return data, 0
+    out = bytearray(data)
+    # Jump straight to the next hit (geometric gaps) instead of one draw per byte,
+    # so large payloads at realistic error rates stay cheap.
+    log_miss = math.log1p(-byte_error_rate) if byte_error_rate < 1 else -math.inf
+    pos, hits = -1, 0
+    while True:
+        gap = math.log(1.0 - rng.random()) / log_miss  # may be inf for tiny rates
+        if pos + 1 + gap >= len(out):
+            return bytes(out), hits
+        pos += 1 + int(gap)
+        out[pos] ^= rng.randrange(1, 256)
+        hits += 1
 
 
 class LinkEmulator:
@@ -187,22 +205,9 @@ class LinkEmulator:
         self.close()
 
     def _corrupt(self, data: bytes) -> bytes:
-        """XOR bytes with a non-zero mask (so a hit always changes the byte)."""
-        p = self.profile.byte_error_rate
-        if p <= 0 or not data:
-            return data
-        out = bytearray(data)
-        # Jump straight to the next hit (geometric gaps) instead of one draw per byte,
-        # so large payloads at realistic error rates stay cheap.
-        log_miss = math.log1p(-p) if p < 1 else -math.inf
-        pos = -1
-        while True:
-            gap = math.log(1.0 - self._rng.random()) / log_miss  # may be inf for tiny p
-            if pos + 1 + gap >= len(out):
-                return bytes(out)
-            pos += 1 + int(gap)
-            out[pos] ^= self._rng.randrange(1, 256)
-            self._stats.corrupted_bytes += 1
+        data, hits = corrupt_bytes(data, self.profile.byte_error_rate, self._rng)
+        self._stats.corrupted_bytes += hits
+        return data
 
     def _schedule(self, now: float, size: int) -> tuple[float, float]:
         """When the line finishes sending ``size`` more bytes, and when the writer may go on.
@@ -278,3 +283,98 @@ class EmulatedPipe:
     def close(self) -> None:
         self.emulator.close()
         self._inner.close()
+
+
+class MessageTransport(Protocol):
+    """A message-oriented client transport such as :class:`ZmqClientTransport`."""
+
+    endpoint: str
+
+    def send(self, message: bytes) -> None: ...
+
+    def recv(self, timeout: float) -> bytes | None: ...
+
+    def reconnect(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class EmulatedTransport:
+    """A client transport whose messages cross an emulated link both ways.
+
+    ZeroMQ sockets must stay in one thread, so unlike :class:`EmulatedPipe`
+    this wrapper runs no thread: ``send`` applies the uplink's loss and byte
+    errors and blocks the caller for its serialisation and one-way delay (a
+    request/reply client waits for that anyway); ``recv`` holds each reply back
+    for the downlink's serialisation and delay. Drop it in wherever the
+    transport goes, for example under a :class:`Requester`.
+    """
+
+    def __init__(self, inner: MessageTransport, uplink: LinkProfile,
+                 downlink: LinkProfile | None = None, seed: int = 0) -> None:
+        self._inner = inner
+        self.endpoint = inner.endpoint
+        self._uplink = _LineClock(uplink, random.Random(seed))
+        self._downlink = _LineClock(downlink or uplink, random.Random(seed + 1))
+        self.stats = LinkStats()
+
+    def send(self, message: bytes) -> None:
+        self.stats.submitted_chunks += 1
+        self.stats.submitted_bytes += len(message)
+        lost, data, due = self._uplink.carry(message, self.stats)
+        _sleep_until(due)
+        if lost:
+            self.stats.dropped_chunks += 1
+            return
+        self._inner.send(data)
+        self.stats.delivered_chunks += 1
+        self.stats.delivered_bytes += len(data)
+
+    def recv(self, timeout: float) -> bytes | None:
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            message = self._inner.recv(remaining)
+            if message is None:
+                return None
+            lost, data, due = self._downlink.carry(message, self.stats)
+            if lost:
+                self.stats.dropped_chunks += 1
+                continue
+            _sleep_until(due)
+            return data
+        return None
+
+    def reconnect(self) -> None:
+        self._inner.reconnect()
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class _LineClock:
+    """One direction of a link, computed on a virtual line clock (no thread)."""
+
+    def __init__(self, profile: LinkProfile, rng: random.Random) -> None:
+        self.profile = profile
+        self._rng = rng
+        self._free_at = 0.0
+
+    def carry(self, data: bytes, stats: LinkStats) -> tuple[bool, bytes, float]:
+        """(lost, bytes as received, time of arrival) for one message sent now."""
+        profile = self.profile
+        lost = self._rng.random() < profile.loss_rate
+        corrupted, hits = corrupt_bytes(data, profile.byte_error_rate, self._rng)
+        stats.corrupted_bytes += hits
+        now = time.monotonic()
+        if profile.rate_limited:
+            self._free_at = max(now, self._free_at) + len(data) / profile.bandwidth_bytes_per_s
+        else:
+            self._free_at = now
+        arrival = self._free_at + profile.delay_s + self._rng.uniform(0.0, profile.jitter_s)
+        return lost, corrupted, arrival
+
+
+def _sleep_until(when: float) -> None:
+    delay = when - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
