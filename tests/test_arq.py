@@ -11,6 +11,7 @@ from transports.framing import Frame, FrameKind, encode_frame
 
 from .fakes import noisy_line
 
+EPOCH = b"\x01\x02\x03\x04"
 SMALL_FRAMES = ArqConfig(max_frame_payload=32, window=8, retransmit_timeout=0.05, max_retries=40)
 
 
@@ -129,7 +130,7 @@ def test_partial_message_is_discarded_after_a_reset() -> None:
 
 def test_duplicate_data_frames_are_suppressed() -> None:
     receiver = ArqEndpoint(SMALL_FRAMES)
-    receiver.receive(encode_frame(Frame(FrameKind.RESET, 10)), 0.0)
+    receiver.receive(encode_frame(Frame(FrameKind.RESET, 10, EPOCH)), 0.0)
     frame = encode_frame(Frame(FrameKind.DATA, 10, b"once"))
     receiver.receive(frame + frame + frame, 0.0)
     assert receiver.take_delivered() == [b"once"]
@@ -138,7 +139,7 @@ def test_duplicate_data_frames_are_suppressed() -> None:
 
 def test_out_of_order_frames_are_buffered_and_nak_asks_for_the_gap() -> None:
     receiver = ArqEndpoint(SMALL_FRAMES)
-    receiver.receive(encode_frame(Frame(FrameKind.RESET, 0)), 0.0)
+    receiver.receive(encode_frame(Frame(FrameKind.RESET, 0, EPOCH)), 0.0)
     receiver.take_output()
     receiver.receive(encode_frame(Frame(FrameKind.DATA, 1, b"b")), 0.0)
     assert receiver.take_delivered() == []
@@ -170,3 +171,68 @@ def test_oversized_message_and_bad_config_are_refused() -> None:
         ArqConfig(window=129)
     timeout = ArqConfig.for_line_rate(11_520).retransmit_timeout
     assert 0.3 < timeout < 1.0  # covers 8 x ~250-byte frames at 115200 baud
+
+
+def _settle(a: ArqEndpoint, b: ArqEndpoint, now: float, steps: int = 50) -> float:
+    for _ in range(steps):
+        now += 0.01
+        b.receive(a.take_output(), now)
+        a.receive(b.take_output(), now)
+        a.poll(now)
+        b.poll(now)
+    return now
+
+
+def test_receiver_restart_mid_message_fails_the_message_instead_of_faking_delivery() -> None:
+    """Review finding: a rebooted receiver acked old-stream frames it never assembled."""
+    config = ArqConfig(max_frame_payload=4, window=4, retransmit_timeout=0.02, max_retries=5)
+    sender, receiver = ArqEndpoint(config), ArqEndpoint(config)
+    sender.send(b"warm-up", 0.0)  # the stream exists: RESET handshake done
+    now = _settle(sender, receiver, 0.0)
+    assert receiver.take_delivered() == [b"warm-up"] and sender.take_acknowledged() == [0]
+    message_id = sender.send(b"head-and-tail-of-a-message", now)
+    receiver.receive(sender.take_output()[:20], now)  # the first frame arrives, then a reboot
+    receiver = ArqEndpoint(config)
+    now = _settle(sender, receiver, now, steps=200)
+    assert sender.take_failed() == [message_id]
+    assert receiver.take_delivered() == []  # no tail delivered as a message of its own
+    after = sender.send(b"after", now)
+    _settle(sender, receiver, now)
+    assert receiver.take_delivered() == [b"after"] and sender.take_acknowledged() == [after]
+
+
+def test_a_late_copy_of_an_old_reset_does_not_rewind_the_receiver() -> None:
+    """Review finding: a duplicated RESET made the receiver deliver a message twice."""
+    sender, receiver = ArqEndpoint(SMALL_FRAMES), ArqEndpoint(SMALL_FRAMES)
+    sender.send(b"hello", 0.0)
+    reset = sender.take_output()
+    receiver.receive(reset, 0.0)
+    sender.receive(receiver.take_output(), 0.0)
+    receiver.receive(sender.take_output(), 0.0)  # DATA "hello"; its ACK is lost
+    receiver.take_output()
+    receiver.receive(reset, 0.1)  # the late duplicate
+    sender.receive(receiver.take_output(), 0.1)
+    sender.poll(1.0)  # retransmits "hello"
+    receiver.receive(sender.take_output(), 1.0)
+    assert receiver.take_delivered() == [b"hello"]
+
+
+def test_an_oversized_message_is_dropped_whole() -> None:
+    """Review finding: the tail of an over-long message was delivered as a message."""
+    big_sender = ArqEndpoint(ArqConfig(max_frame_payload=16, max_message_bytes=10_000))
+    small_receiver = ArqEndpoint(ArqConfig(max_frame_payload=16, max_message_bytes=100))
+    big_sender.send(bytes(222), 0.0)
+    big_sender.send(b"next", 0.0)
+    _settle(big_sender, small_receiver, 0.0)
+    assert small_receiver.take_delivered() == [b"next"]
+    assert small_receiver.stats.bad_frames == 1
+
+
+def test_parsing_a_flood_of_garbage_is_linear() -> None:
+    import time
+
+    receiver = ArqEndpoint(SMALL_FRAMES)
+    started = time.perf_counter()
+    receiver.receive(bytes(200_000), 0.0)  # 200,000 empty delimiters
+    assert time.perf_counter() - started < 1.0  # was ~2 s when quadratic
+    assert receiver.take_delivered() == []

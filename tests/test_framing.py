@@ -222,7 +222,7 @@ def test_payload_above_max_payload() -> None:
     assert decode_frame(wire, 9) == Decoded(len(wire), None, "payload of 10 bytes exceeds the 9-byte limit")
 
 
-@pytest.mark.parametrize("kind", [0, 6, 7, 15])
+@pytest.mark.parametrize("kind", [0, 7, 8, 15])
 def test_unknown_kind_with_a_correct_crc(kind: int) -> None:
     for flags in (0, 0x10):
         wire = craft(kind | flags, 0, 1, b"z")
@@ -275,9 +275,10 @@ def test_golden_frame_from_the_protocol_doc() -> None:
 
 @pytest.mark.parametrize("frame, wire", [
     (Frame(FrameKind.ACK, 1), "03 02 01 01 05 a07d8f8a 00"),
-    (Frame(FrameKind.RESET, 0), "02 04 01 01 05 4b4826ae 00"),
+    (Frame(FrameKind.RESET, 0, bytes.fromhex("0a0b0c0d")), "02 04 02 04 09 0a0b0c0d b1af15cb 00"),
+    (Frame(FrameKind.RESYNC, 7), "03 06 07 01 05 45966001 00"),
 ])
 def test_control_frames_from_the_protocol_doc(frame: Frame, wire: str) -> None:
     data = bytes.fromhex(wire)
     assert encode_frame(frame) == data
-    assert decode_frame(data, 0) == Decoded(len(data), frame)
+    assert decode_frame(data, 16) == Decoded(len(data), frame)

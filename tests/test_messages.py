@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from collections.abc import Callable
 from typing import Any
 
@@ -584,20 +586,21 @@ def test_golden_infer_request_bytes() -> None:
 
 
 DOC_REQUEST_HEX = (  # docs/PROTOCOL.md, "Worked example: an INFER_REQUEST"
-    "97010101a66d63752d3031c408dc508cbd8448dfd58082a170c444a1081007070000d5010092"
-    "c303823210885f5855bf7d85a0fe7e6b030e00282624d12d97125fc74dfa166e2f4916139"
-    "7aa2a7407b312a5b6e8ba8e4115c13910a0e8016ca16cc41462c8d3c25fc357333fc973c6"
-    "00cd4f49f8c5a7be"
+    "97010101a66d63752d3031c408cca630480292b6c08082a170c42ea108100707000025010031"
+    "010ffc9069259ff7ebc5ddf78de42062d702b180232f6041a5f78fadb87c85bc6e8321a16cc4"
+    "148cc8f8c365c387b3b1c9d7c60dcdfc4833c6d3bf"
 )
 
 
 def test_worked_example_of_the_protocol_doc() -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "PROTOCOL.md").read_text()
+    assert DOC_REQUEST_HEX in doc.replace("\n", "")  # the doc shows exactly these bytes
     data = bytes.fromhex(DOC_REQUEST_HEX)
-    assert len(data) == 119
+    assert len(data) == 97
     request = decode_message(data)
     assert (request.type, request.request_id, request.device_id) == (MessageType.INFER_REQUEST, 1, "mcu-01")
-    assert request.model_hash.hex() == "dc508cbd8448dfd5"
-    assert request.body["p"][:5] == bytes.fromhex("a108100707") and len(request.body["p"]) == 68
+    assert request.model_hash.hex() == "cca630480292b6c0"
+    assert request.body["p"][:5] == bytes.fromhex("a108100707") and len(request.body["p"]) == 46
     assert int(np.argmax(logits_from_bytes(request.body["l"]))) == 7  # MNIST test image 0 is a 7
     assert encode_message(request) == data
     reply = Message(MessageType.INFER_REPLY, 1, "mcu-01", request.model_hash,
@@ -646,5 +649,16 @@ def test_regression_encode_accepts_bool_version() -> None:
     pytest.param(Message(MessageType.HELLO, 0, "d", body={"firmware": "\udcff"}), id="surrogate-field"),
 ])
 def test_regression_encode_raises_untyped_errors(message: Message) -> None:
+    with pytest.raises(ProtocolError):
+        encode_message(message)
+
+
+@pytest.mark.parametrize("message", [
+    pytest.param(Message(MessageType.PING, 0, "d" * 20 + "\ud800"), id="long-surrogate-device-id"),
+    pytest.param(Message(MessageType.PING, 0, "d", timestamps={"t": 10**400}), id="huge-int-timing"),
+    pytest.param(Message(99, 0, "d"), id="unknown-type"),  # type: ignore[arg-type]
+])
+def test_regression_encode_errors_are_typed(message: Message) -> None:
+    """Review finding: these raised UnicodeEncodeError, OverflowError and KeyError."""
     with pytest.raises(ProtocolError):
         encode_message(message)

@@ -176,3 +176,26 @@ def test_loop_url_opens_and_echoes() -> None:
 def test_bad_serial_url_is_a_clear_error() -> None:
     with pytest.raises(TransportClosed, match="cannot open serial port"):
         SerialPipe("/dev/does-not-exist-agilenn")
+
+
+def test_send_many_checks_every_size_before_queueing_anything() -> None:
+    pipe_a, pipe_b = MemoryPipe.pair()
+    config = ArqConfig(max_message_bytes=100)
+    with ReliableLink(pipe_a, config) as a, ReliableLink(pipe_b, config) as b:
+        with pytest.raises(ValueError, match="exceeds max_message_bytes"):
+            a.send_many([b"first", bytes(101), b"third"])
+        assert b.recv(0.2) is None  # nothing of the rejected batch went out
+
+
+def test_a_crashing_pipe_closes_the_link_instead_of_hanging_senders() -> None:
+    class Exploding(MemoryPipe):
+        def read(self, timeout: float) -> bytes:
+            raise RuntimeError("driver bug")
+
+    pipe_a, pipe_b = MemoryPipe.pair()
+    exploding = Exploding(pipe_a._inbox, pipe_a._outbox)
+    link = ReliableLink(exploding, FAST)
+    with pytest.raises((TransportClosed, DeliveryFailed)):
+        link.send(b"x", timeout=5.0)
+    link.close()
+    pipe_b.close()

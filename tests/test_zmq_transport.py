@@ -390,3 +390,18 @@ def test_emulated_byte_errors_reach_the_server_as_corrupted_messages() -> None:
         client.close()
         assert server.received[0] != request and len(server.received[0]) == 100
     assert client.stats.corrupted_bytes == sum(1 for byte in server.received[0] if byte)
+
+
+def test_oversized_message_is_cut_at_the_socket_and_the_server_keeps_serving() -> None:
+    """Review finding: without MAXMSGSIZE one client could queue messages of any size."""
+    from transports.zmq_transport import MAX_WIRE_MESSAGE_BYTES
+
+    with EchoServer() as server:
+        flooder = ZmqClientTransport(server.endpoint)
+        flooder.send(bytes(MAX_WIRE_MESSAGE_BYTES + 1))
+        honest = requester(server.endpoint, timeout=2.0)
+        assert honest.request(framed(1), answers(framed(1))) == framed(1) + b"!"
+        flooder.close()
+        honest.client.close()
+        assert all(len(message) <= MAX_WIRE_MESSAGE_BYTES for message in server.received)
+        assert len(server.received) == 1

@@ -5,7 +5,8 @@ All parts run in one process so the ratios are measured side by side:
 * ``zmq``: request/reply round trip of schema + transport (Requester, msgpack
   encode/decode and validation on both sides) against a bare pyzmq
   DEALER/ROUTER round trip of the same sizes, interleaved, no model; and the
-  same schema round trip with CURVE encryption against without.
+  same schema round trip with CURVE encryption against without. Each server
+  runs in its own process, as in a deployment.
 * ``codec``: encode + decode of real MNIST remote payloads with a model's codec.
 * ``serial``: goodput through the ``serial-115200`` emulator at byte error
   rate 1e-4, and delivery (lost, duplicated, out of order) at 1e-2.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import threading
 import time
@@ -67,74 +69,79 @@ def _reply_to(request: Message) -> Message:
                    {"c": 3, "pr": logits_to_bytes(np.full(10, 0.1)), "tm": {"q": 0.1, "c": 0.9}})
 
 
-class _Server:
-    """A thread that answers until stopped: raw echo-sized bytes, or schema replies."""
+def _serve(kind: str, curve: CurveServerConfig | None, endpoints: Any, stop: Any) -> None:
+    """Server process body: a bare echo ROUTER or the schema server, until ``stop``."""
+    if kind == "bare":
+        context = zmq.Context()
+        router = context.socket(zmq.ROUTER)
+        router.bind("tcp://127.0.0.1:*")
+        endpoints.put(router.getsockopt_string(zmq.LAST_ENDPOINT))
+        reply = bytes(len(encode_message(_reply_to(_request(0)))))
+        while not stop.is_set():
+            if router.poll(50):
+                identity, _ = router.recv_multipart()
+                router.send_multipart([identity, reply])
+        router.close(0)
+        context.term()
+        return
+    transport = ZmqServerTransport("tcp://127.0.0.1:*", curve=curve)
+    endpoints.put(transport.bind())
+    while not stop.is_set():
+        received = transport.recv(0.05)
+        if received is not None:
+            identity, data = received
+            transport.send(identity, encode_message(_reply_to(decode_message(data))))
+    transport.close()
 
-    def __init__(self, handle: Callable[[], None]) -> None:
-        self._stop = threading.Event()
-        self._handle = handle
-        self._thread = threading.Thread(target=self._run)
-        self._thread.start()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._handle()
+class _ServerProcess:
+    """The server runs in its own process, as it does in a deployment: no shared GIL."""
 
-    def stop(self) -> None:
+    def __init__(self, kind: str, curve: CurveServerConfig | None = None) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._stop = context.Event()
+        endpoints = context.Queue()
+        self._process = context.Process(target=_serve, args=(kind, curve, endpoints, self._stop))
+        self._process.start()
+        self.endpoint: str = endpoints.get(timeout=30)
+
+    def close(self) -> None:
         self._stop.set()
-        self._thread.join()
+        self._process.join(10)
 
 
-def _bare_round_trips(count: int, request_size: int, reply_size: int) -> list[float]:
+def _bare_round_trips(count: int, request_size: int) -> list[float]:
+    server = _ServerProcess("bare")
     context = zmq.Context()
-    router, dealer = context.socket(zmq.ROUTER), context.socket(zmq.DEALER)
-    router.bind("tcp://127.0.0.1:*")
-    dealer.connect(router.getsockopt_string(zmq.LAST_ENDPOINT))
-    reply = bytes(reply_size)
-
-    def echo() -> None:
-        if router.poll(50):
-            identity, _ = router.recv_multipart()
-            router.send_multipart([identity, reply])
-
-    server = _Server(echo)
+    dealer = context.socket(zmq.DEALER)
+    dealer.connect(server.endpoint)
     request, timings = bytes(request_size), []
     for _ in range(count):
         started = time.perf_counter()
         dealer.send(request)
         dealer.recv()
         timings.append(time.perf_counter() - started)
-    server.stop()
-    router.close(0)
     dealer.close(0)
     context.term()
+    server.close()
     return timings
 
 
 def _schema_round_trips(count: int, curve: tuple[CurveServerConfig, CurveClientConfig] | None) -> list[float]:
-    transport = ZmqServerTransport("tcp://127.0.0.1:*", curve=curve[0] if curve else None)
-    endpoint = transport.bind()
-
-    def answer() -> None:
-        received = transport.recv(0.05)
-        if received is not None:
-            identity, data = received
-            transport.send(identity, encode_message(_reply_to(decode_message(data))))
-
-    server = _Server(answer)
-    client = ZmqClientTransport(endpoint, curve=curve[1] if curve else None)
+    server = _ServerProcess("schema", curve[0] if curve else None)
+    client = ZmqClientTransport(server.endpoint, curve=curve[1] if curve else None)
     requester = Requester(client, timeout=2.0, attempts=2)
     timings = []
     for request_id in range(count):
         started = time.perf_counter()
+
         def is_reply(data: bytes, rid: int = request_id) -> bool:
             return decode_message(data).request_id == rid  # the one decode of the reply
 
         requester.request(encode_message(_request(request_id)), is_reply)
         timings.append(time.perf_counter() - started)
-    server.stop()
     client.close()
-    transport.close()
+    server.close()
     return timings
 
 
@@ -159,7 +166,7 @@ def bench_zmq(round_trips: int, rounds: int = 5) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
         keys = _curve_keys(Path(folder))
         for _ in range(rounds):
-            bare += _bare_round_trips(per_round, request_size, reply_size)
+            bare += _bare_round_trips(per_round, request_size)
             schema += _schema_round_trips(per_round, None)
             encrypted += _schema_round_trips(per_round, keys)
     bare_us, schema_us, curve_us = _median_us(bare), _median_us(schema), _median_us(encrypted)

@@ -13,18 +13,28 @@ the last) and reassembled on the other side.
   failed and the stream is RESET so the receiver drops partial messages.
 * Receiver: buffers out-of-order frames inside the window, suppresses
   duplicates by sequence number, NAKs a gap once, and ACKs every DATA frame.
-* Every sender starts with a RESET handshake, so a peer that rebooted cannot
-  mistake a new stream's frames for old duplicates.
+* Every sender starts with a RESET handshake carrying a fresh 32-bit epoch,
+  so a peer that rebooted cannot mistake a new stream's frames for old
+  duplicates, and a late copy of an old RESET cannot rewind the receiver.
+* A receiver accepts no DATA before its first RESET: a receiver that restarted
+  mid-stream answers the old stream's frames with RESYNC, and the sender fails
+  what it had in flight and resets, instead of being acknowledged by a peer that
+  never saw the start of the message.
+* While a RESET goes unanswered (the peer is gone), queued messages wait; the
+  driver's per-message timeout (:meth:`abandon`) reports them failed.
 """
 
 from __future__ import annotations
 
+import random
+import struct
 from collections import deque
 from dataclasses import dataclass, field
 
 from .framing import Frame, FrameKind, decode_frame, encode_frame, max_wire_size
 
 SEQ_SPACE = 256
+_EPOCH = struct.Struct("<I")
 
 
 @dataclass(frozen=True)
@@ -79,7 +89,7 @@ class ArqEndpoint:
 
     def __post_init__(self) -> None:
         self.stats = ArqStats()
-        self._rx_buffer = b""
+        self._rx_buffer = bytearray()
         self._output: list[bytes] = []
         self._delivered: list[bytes] = []
         self._acknowledged: list[int] = []
@@ -93,17 +103,25 @@ class ArqEndpoint:
         self._fragment_totals: dict[int, int] = {}
         self._resetting = True
         self._reset_sent_at: float | None = None
+        self._epoch = random.SystemRandom().getrandbits(32)
         # receiver
+        self._peer_epoch: bytes | None = None  # None until the first RESET: no stream yet
         self._expected = 0
         self._out_of_order: dict[int, Frame] = {}
         self._assembly = bytearray()
+        self._discarding = False  # inside a message that broke max_message_bytes
         self._nak_sent_for: int | None = None
 
     # ----------------------------------------------------------- public API
+    def check_size(self, message: bytes) -> None:
+        if len(message) > self.config.max_message_bytes:
+            raise ValueError(
+                f"message of {len(message)} bytes exceeds max_message_bytes {self.config.max_message_bytes}"
+            )
+
     def send(self, message: bytes, now: float) -> int:
         """Queue a message; returns its id for the acknowledged/failed events."""
-        if len(message) > self.config.max_message_bytes:
-            raise ValueError(f"message of {len(message)} bytes exceeds max_message_bytes")
+        self.check_size(message)
         message_id = self._next_message_id
         self._next_message_id += 1
         size = self.config.max_frame_payload
@@ -123,15 +141,20 @@ class ArqEndpoint:
 
     def receive(self, data: bytes, now: float) -> None:
         self._rx_buffer += data
-        while self._rx_buffer:
-            decoded = decode_frame(self._rx_buffer, self.config.max_frame_payload)
+        view, offset = bytes(self._rx_buffer), 0
+        while offset < len(view):
+            end = view.find(b"\x00", offset)
+            # decode_frame sees one candidate frame at a time: parsing stays linear.
+            decoded = decode_frame(view[offset : len(view) if end < 0 else end + 1],
+                                   self.config.max_frame_payload)
             if decoded.consumed == 0:
                 break
-            self._rx_buffer = self._rx_buffer[decoded.consumed :]
+            offset += decoded.consumed
             if decoded.error:
                 self.stats.bad_frames += 1
             elif decoded.frame is not None:
                 self._on_frame(decoded.frame, now)
+        del self._rx_buffer[:offset]
         self._pump(now)
 
     def poll(self, now: float) -> None:
@@ -151,9 +174,14 @@ class ArqEndpoint:
             self._retransmit(seq, now)
         self._pump(now)
 
-    def take_output(self) -> bytes:
-        out, self._output = b"".join(self._output), []
+    def take_frames(self) -> list[bytes]:
+        """Encoded frames to write, oldest first."""
+        out, self._output = self._output, []
         return out
+
+    def take_output(self) -> bytes:
+        """The same as :meth:`take_frames`, joined into one write."""
+        return b"".join(self.take_frames())
 
     def take_delivered(self) -> list[bytes]:
         out, self._delivered = self._delivered, []
@@ -180,7 +208,7 @@ class ArqEndpoint:
 
     def _send_reset(self, now: float) -> None:
         self._reset_sent_at = now
-        self._emit(Frame(FrameKind.RESET, self._next_seq))
+        self._emit(Frame(FrameKind.RESET, self._next_seq, _EPOCH.pack(self._epoch)))
 
     def _pump(self, now: float) -> None:
         if self._resetting:
@@ -214,6 +242,7 @@ class ArqEndpoint:
             message_ids = message_ids | {e.message_id for e in self._inflight.values()}
             self._inflight.clear()
             self._resetting, self._reset_sent_at = True, None
+            self._epoch = (self._epoch + 1) % 2**32
             self.stats.resets += 1
         for message_id in sorted(message_ids):
             if self._fragments_left.pop(message_id, None) is not None:
@@ -246,16 +275,35 @@ class ArqEndpoint:
             if frame.seq in self._inflight:
                 self._retransmit(frame.seq, now)
         elif frame.kind is FrameKind.RESET:
+            self._on_reset(frame)
+        elif frame.kind is FrameKind.RESET_ACK:
+            if (self._resetting and frame.seq == self._next_seq
+                    and frame.payload == _EPOCH.pack(self._epoch)):
+                self._resetting, self._reset_sent_at = False, None
+        elif frame.kind is FrameKind.RESYNC:
+            if not self._resetting and self._inflight:
+                # The peer lost our stream (it restarted): nothing in flight is confirmed.
+                self._fail({e.message_id for e in self._inflight.values()}, now)
+
+    def _on_reset(self, frame: Frame) -> None:
+        if len(frame.payload) != _EPOCH.size:
+            self.stats.bad_frames += 1
+            return
+        if frame.payload != self._peer_epoch:
+            # A new stream. A late copy of the RESET we already applied must not
+            # rewind us: it would deliver the frames after it a second time.
+            self._peer_epoch = frame.payload
             self._expected = frame.seq
             self._out_of_order.clear()
             self._assembly.clear()
+            self._discarding = False
             self._nak_sent_for = None
-            self._emit(Frame(FrameKind.RESET_ACK, frame.seq))
-        elif frame.kind is FrameKind.RESET_ACK:
-            if self._resetting and frame.seq == self._next_seq:
-                self._resetting, self._reset_sent_at = False, None
+        self._emit(Frame(FrameKind.RESET_ACK, frame.seq, frame.payload))
 
     def _on_data(self, frame: Frame) -> None:
+        if self._peer_epoch is None:
+            self._emit(Frame(FrameKind.RESYNC, frame.seq))
+            return
         ahead = _distance(self._expected, frame.seq)
         if ahead >= self.config.window:
             self.stats.duplicates += 1  # behind the window: already delivered
@@ -266,15 +314,22 @@ class ArqEndpoint:
             while self._expected in self._out_of_order:
                 self._accept(self._out_of_order.pop(self._expected))
                 self._expected = (self._expected + 1) % SEQ_SPACE
-            if self._out_of_order and self._nak_sent_for != self._expected:
+            if not self._out_of_order:
+                self._nak_sent_for = None  # gap filled: a later gap here gets its own NAK
+            elif self._nak_sent_for != self._expected:
                 self._nak_sent_for = self._expected
                 self._emit(Frame(FrameKind.NAK, self._expected))
         self._emit(Frame(FrameKind.ACK, self._expected))
 
     def _accept(self, frame: Frame) -> None:
+        if self._discarding:
+            self._discarding = frame.more  # skip the rest of the oversized message
+            return
         self._assembly += frame.payload
         if len(self._assembly) > self.config.max_message_bytes:
-            self._assembly.clear()  # a peer breaking the size limit; its message is dropped
+            # A peer breaking the size limit: drop the whole message, not just its head.
+            self._assembly.clear()
+            self._discarding = frame.more
             self.stats.bad_frames += 1
             return
         if not frame.more:

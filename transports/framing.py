@@ -31,8 +31,9 @@ class FrameKind(IntEnum):
     DATA = 1
     ACK = 2  # seq = next sequence number the receiver expects (cumulative)
     NAK = 3  # seq = the missing frame the receiver asks for again
-    RESET = 4  # seq = first sequence number of the sender's new stream
-    RESET_ACK = 5
+    RESET = 4  # seq = first sequence number of the sender's new stream; payload = 4-byte epoch
+    RESET_ACK = 5  # echoes the RESET's seq and epoch
+    RESYNC = 6  # "I hold no stream from you" (a receiver that restarted): please RESET
 
 
 class Frame(NamedTuple):

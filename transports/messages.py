@@ -106,8 +106,13 @@ def _text(max_bytes: int) -> Check:
     def check(value: Any) -> None:
         if type(value) is not str:
             raise MalformedMessage(f"must be a string, not {type(value).__name__}")
-        if len(value) > max_bytes // 4 and len(value.encode()) > max_bytes:
-            raise MessageTooLarge(f"is longer than {max_bytes} bytes")
+        if len(value) > max_bytes // 4:  # shorter strings cannot exceed the limit
+            try:
+                size = len(value.encode())
+            except UnicodeEncodeError:
+                raise MalformedMessage("is not valid UTF-8 (a lone surrogate)") from None
+            if size > max_bytes:
+                raise MessageTooLarge(f"is longer than {max_bytes} bytes")
     return check
 
 
@@ -131,7 +136,11 @@ def _durations(value: Any) -> None:
         raise MalformedMessage(f"must be a map of at most {MAX_TIMESTAMPS} entries")
     for key, number in value.items():
         _timing_key(key)
-        if type(number) is not float and type(number) is not int:
+        if type(number) is int:
+            if not -(2**63) <= number < 2**64:  # what msgpack can carry
+                raise MalformedMessage(f"[{key!r}] is out of the 64-bit range")
+            continue
+        if type(number) is not float:
             raise MalformedMessage(f"[{key!r}] must be a number")
         if not math.isfinite(number):
             raise NonFiniteValue(f"[{key!r}] is not finite")
@@ -200,6 +209,8 @@ def _validate(message: Message) -> None:
         raise UnsupportedVersion(
             f"protocol version {message.version}; this side speaks {PROTOCOL_VERSION}"
         )
+    if message.type not in BODY_SCHEMAS:
+        raise UnknownMessageType(f"unknown message type {message.type!r:.40}")
     _checked("request_id", _request_id, message.request_id)
     _checked("device_id", _device_id, message.device_id)
     if message.model_hash:

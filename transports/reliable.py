@@ -3,6 +3,8 @@
 One background thread reads the pipe and runs the retransmission timers;
 callers block in :meth:`ReliableLink.send` until their message is
 acknowledged or reported failed, and take received messages with :meth:`recv`.
+Received messages wait in memory until taken: a consumer must keep calling
+:meth:`recv` (the link has no receive-side flow control).
 """
 
 from __future__ import annotations
@@ -50,13 +52,16 @@ class ReliableLink:
         Returns, in order, whether each was acknowledged; those still unconfirmed
         after ``timeout`` seconds are abandoned and reported False.
         """
-        with self._state:
-            if self._closed:
-                raise TransportClosed("reliable link is closed")
-            now = self._clock()
-            ids = [self._endpoint.send(message, now) for message in messages]
-            output = self._endpoint.take_output()
-        self._write(output)
+        for message in messages:  # all or nothing: no half-queued batch
+            self._endpoint.check_size(message)
+        with self._write_lock:
+            with self._state:
+                if self._closed:
+                    raise TransportClosed("reliable link is closed")
+                now = self._clock()
+                ids = [self._endpoint.send(message, now) for message in messages]
+                frames = self._endpoint.take_frames()
+            self._write(frames)
         deadline = self._clock() + timeout
         with self._state:
             while not self._closed and any(i not in self._outcomes for i in ids):
@@ -103,36 +108,38 @@ class ReliableLink:
             self._outcomes[message_id] = False
         self._state.notify_all()
 
-    def _write(self, data: bytes) -> None:
-        if data:
-            with self._write_lock:
-                self._pipe.write(data)
-
     def _run(self) -> None:
-        while True:
-            with self._state:
-                if self._closed:
-                    return
-            try:
-                data = self._pipe.read(_READ_SLICE)
-            except TransportClosed as exc:
-                log.info("link closed: %s", exc)
-                with self._state:
-                    self._closed = True
-                    self._state.notify_all()
-                return
+        try:
+            while self._step():
+                pass
+        except TransportClosed as exc:
+            log.info("link closed: %s", exc)
+        except Exception:  # a dead driver must not leave senders waiting on a live-looking link
+            log.exception("reliable link driver failed; closing the link")
+        with self._state:
+            self._closed = True
+            self._state.notify_all()
+
+    def _step(self) -> bool:
+        """Read, run the timers, write; False once the link is closed."""
+        with self._state:
+            if self._closed:
+                return False
+        data = self._pipe.read(_READ_SLICE)
+        # Lock order write -> state everywhere: output leaves in the order it was made.
+        with self._write_lock:
             with self._state:
                 now = self._clock()
                 if data:
                     self._endpoint.receive(data, now)
                 self._endpoint.poll(now)
-                output = self._endpoint.take_output()
+                frames = self._endpoint.take_frames()
                 self._collect()
-            try:
-                self._write(output)
-            except TransportClosed as exc:
-                log.info("link closed: %s", exc)
-                with self._state:
-                    self._closed = True
-                    self._state.notify_all()
-                return
+            self._write(frames)
+        return True
+
+    def _write(self, frames: list[bytes]) -> None:
+        # One write per frame: a byte pipe may deliver a write only once all of
+        # it is sent, and the peer should ACK frame 1 while frame 8 is on the line.
+        for frame in frames:
+            self._pipe.write(frame)

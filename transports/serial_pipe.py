@@ -8,9 +8,11 @@ from .errors import TransportClosed
 
 
 class SerialPipe:
-    def __init__(self, url: str, baudrate: int = 115200) -> None:
+    def __init__(self, url: str, baudrate: int = 115200, write_timeout: float = 5.0) -> None:
+        # A write timeout: a peer holding flow control must not hang close() forever.
         try:
-            self._port = serial.serial_for_url(url, baudrate=baudrate, timeout=0)
+            self._port = serial.serial_for_url(url, baudrate=baudrate, timeout=0,
+                                               write_timeout=write_timeout)
         except (serial.SerialException, ValueError) as exc:
             raise TransportClosed(f"cannot open serial port {url!r}: {exc}") from exc
         self.url = url

@@ -31,6 +31,9 @@ from .errors import DeliveryFailed, PeerUnreachable, QueueFull, RequestTimeout, 
 from .errors import TransportError
 
 log = logging.getLogger("agilenn.transports.zmq")
+# Above the schema's 256 KiB limit, so a slightly oversized message still gets a
+# typed "too-large" error reply; far larger ones are cut off at the socket.
+MAX_WIRE_MESSAGE_BYTES = 1024 * 1024
 
 
 def _ms(timeout: float) -> int:
@@ -62,6 +65,9 @@ class ZmqServerTransport:
             self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
             self._socket.setsockopt(zmq.SNDHWM, send_hwm)
             self._socket.setsockopt(zmq.RCVHWM, recv_hwm)
+            # libzmq drops a peer that sends more; without a cap one client could
+            # queue recv_hwm messages of any size and exhaust memory.
+            self._socket.setsockopt(zmq.MAXMSGSIZE, MAX_WIRE_MESSAGE_BYTES)
             if curve is not None:
                 # The ZAP handler must be up before bind: without one, libzmq lets every key in.
                 self._authenticator = start_authenticator(self._context, curve)
@@ -163,12 +169,10 @@ class ZmqClientTransport:
     def recv(self, timeout: float) -> bytes | None:
         """The next message, waiting up to ``timeout`` s; None if none came."""
         socket, monitor = self._check_open()
-        self._check_handshake(monitor)
-        poller = zmq.Poller()
-        poller.register(socket, zmq.POLLIN)
-        poller.register(monitor, zmq.POLLIN)
+        if self._failure:  # monitor events are read below, as they come
+            raise DeliveryFailed(self._failure)
         deadline = time.monotonic() + timeout
-        while events := dict(poller.poll(_ms(deadline - time.monotonic()))):
+        while events := dict(self._poller.poll(_ms(deadline - time.monotonic()))):
             if monitor in events:
                 self._check_handshake(monitor)
             if socket in events:
@@ -197,9 +201,14 @@ class ZmqClientTransport:
         socket = self._context.socket(zmq.DEALER)
         monitor = socket.get_monitor_socket(self._WATCHED)
         self._sockets, self._failure = (socket, monitor), ""
+        # Built once per connection: a Poller per recv() cost more than the payload's schema work.
+        self._poller = zmq.Poller()
+        self._poller.register(socket, zmq.POLLIN)
+        self._poller.register(monitor, zmq.POLLIN)
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.SNDHWM, self._hwm)
         socket.setsockopt(zmq.RCVHWM, self._hwm)
+        socket.setsockopt(zmq.MAXMSGSIZE, MAX_WIRE_MESSAGE_BYTES)
         if self._curve is not None:
             configure_client(socket, self._curve)
         try:
