@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import select
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -94,11 +96,9 @@ class _FdPipe:
             try:
                 view = view[os.write(self.fd, view):]
             except BlockingIOError:
-                threading.Event().wait(0.001)
+                time.sleep(0.001)  # the pty buffer is full; the reader drains it
 
     def read(self, timeout: float) -> bytes:
-        import select
-
         if self._closed:
             raise TransportClosed("pty closed")
         ready, _, _ = select.select([self.fd], [], [], timeout)

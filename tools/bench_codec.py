@@ -16,20 +16,12 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 import zstandard
 
 from agilenn.cli.common import DEFAULT_MODEL, load_checkpoint
 from agilenn.codec import CodecSettings, FeatureCodec, order0_entropy_bits
-from agilenn.data import ImageDataset, load_dataset
-
-
-def _symbols(checkpoint_model: torch.nn.Module, dataset: ImageDataset) -> np.ndarray:
-    chunks = []
-    for start in range(0, len(dataset), 1000):
-        images, _ = dataset.batch(slice(start, start + 1000))
-        chunks.append(checkpoint_model.device_forward(images).symbols.numpy().astype(np.uint8))  # type: ignore[operator]
-    return np.concatenate(chunks)
+from agilenn.data import load_dataset
+from agilenn.evaluate import device_symbols
 
 
 def _measure(settings: CodecSettings, symbols: np.ndarray) -> dict[str, float]:
@@ -56,8 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     checkpoint = load_checkpoint(args.model)
     model = checkpoint.build_model()
-    test = _symbols(model, load_dataset("mnist", "test", args.data_dir).head(args.limit))
-    train = _symbols(model, load_dataset("mnist", "train", args.data_dir).head(10_000))
+    test = device_symbols(model, load_dataset("mnist", "test", args.data_dir).head(args.limit))
+    train = device_symbols(model, load_dataset("mnist", "train", args.data_dir).head(10_000))
     n_centroids = checkpoint.config.n_centroids
     entropy = order0_entropy_bits(np.bincount(test.ravel(), minlength=n_centroids))
     rows = []
