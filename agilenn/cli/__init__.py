@@ -16,6 +16,7 @@ COMMANDS = {
     "train": ("agilenn.cli.train", "train an AgileNN model (reference + AgileNN stages)"),
     "eval": ("agilenn.cli.evaluate", "evaluate a model through the real codec path"),
     "codec": ("agilenn.cli.codec", "retune a model's feature codec (zstd level, dictionary)"),
+    "server": ("agilenn.cli.server", "run the inference server daemon"),
     "keygen": ("agilenn.cli.keygen", "write CURVE key pairs for servers and devices"),
 }
 

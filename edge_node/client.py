@@ -1,0 +1,161 @@
+"""``EdgeClient``: run the device part here, offload the rest, fall back in time.
+
+``infer(x)`` always answers: with the merged prediction from the server when
+the link allows, otherwise with the local predictor's, flagged
+``local-fallback`` with the reason (no server, predicted or actual deadline
+miss, server error, link down).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from agilenn.cli.common import load_checkpoint
+from agilenn.codec import FeatureCodec
+from transports.curve import CurveClientConfig
+from transports.emulator import EmulatedTransport, LinkProfile, get_profile
+from transports.errors import TransportError
+from transports.messages import (
+    Message,
+    MessageType,
+    ProtocolError,
+    decode_message,
+    encode_message,
+    logits_from_bytes,
+    logits_to_bytes,
+)
+from transports.zmq_transport import Requester, ZmqClientTransport
+
+OFFLOADED = "offloaded"
+LOCAL_FALLBACK = "local-fallback"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: int
+    probabilities: np.ndarray
+    source: str  # OFFLOADED or LOCAL_FALLBACK
+    reason: str = ""
+    latency_ms: float = 0.0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class LinkEstimator:
+    """Round-trip time as ``a + b * bytes``, fitted online with exponential forgetting."""
+
+    def __init__(self, forgetting: float = 0.9) -> None:
+        self._forgetting = forgetting
+        self._sums = np.zeros(5)  # n, x, y, xx, xy
+
+    def observe(self, size: int, seconds: float) -> None:
+        self._sums = self._forgetting * self._sums + np.array(
+            [1.0, size, seconds, size * size, size * seconds])
+
+    def predict(self, size: int) -> float | None:
+        n, x, y, xx, xy = self._sums
+        if n < 1e-9:
+            return None
+        spread = n * xx - x * x
+        slope = (n * xy - x * y) / spread if spread > 1e-6 * max(n * xx, 1.0) else 0.0
+        slope = max(slope, 0.0)
+        return float((y - slope * x) / n + slope * size)
+
+
+class EdgeClient:
+    def __init__(self, model: str = "pretrained:mnist", server: str | None = None,
+                 deadline_ms: float | None = None, link: str | LinkProfile | None = None,
+                 device_id: str = "edge-0", timeout_s: float = 1.0,
+                 curve: CurveClientConfig | None = None, seed: int = 0) -> None:
+        checkpoint = load_checkpoint(model)
+        self.model = checkpoint.build_model()
+        self.codec = FeatureCodec(checkpoint.codec)
+        self.model_hash = bytes.fromhex(checkpoint.model_hash)
+        self.device_id = device_id
+        self.deadline_ms = deadline_ms
+        self.timeout_s = timeout_s
+        self.estimator = LinkEstimator()
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._requester: Requester | None = None
+        if server is not None:
+            transport: Any = ZmqClientTransport(server, curve=curve)
+            if link is not None:
+                profile = get_profile(link) if isinstance(link, str) else link
+                transport = EmulatedTransport(transport, profile, seed=seed)
+            self._transport = transport
+            self._requester = Requester(transport, timeout=timeout_s, attempts=1)
+
+    def infer(self, image: np.ndarray | torch.Tensor) -> Prediction:
+        """Classify one image (C, H, W): uint8 in [0, 255] or float in [0, 1]."""
+        with self._lock:
+            started = time.monotonic()
+            x = torch.as_tensor(np.asarray(image))
+            x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+            device = self.model.device_forward(x.unsqueeze(0))
+            local = torch.softmax(device.local_logits[0], dim=0).numpy()
+            if self._requester is None:
+                return self._local(local, "no server configured", started)
+            request_id = next(self._ids) % 2**32
+            wire = encode_message(Message(
+                MessageType.INFER_REQUEST, request_id, self.device_id, self.model_hash,
+                {"p": self.codec.encode(device.symbols[0].numpy()),
+                 "l": logits_to_bytes(device.local_logits[0].numpy())}))
+            return self._offload(wire, request_id, local, started)
+
+    async def ainfer(self, image: np.ndarray | torch.Tensor) -> Prediction:
+        return await asyncio.get_running_loop().run_in_executor(None, self.infer, image)
+
+    def _offload(self, wire: bytes, request_id: int, local: np.ndarray, started: float) -> Prediction:
+        assert self._requester is not None
+        timeout = self.timeout_s
+        if self.deadline_ms is not None:
+            remaining = self.deadline_ms / 1e3 - (time.monotonic() - started)
+            predicted = self.estimator.predict(len(wire))
+            if predicted is not None and predicted > remaining:
+                return self._local(local, f"deadline: link predicted {1e3 * predicted:.1f} ms", started)
+            timeout = max(min(timeout, remaining), 1e-3)
+        self._requester.timeout = timeout
+        sent = time.monotonic()
+        try:
+            data = self._requester.request(wire, lambda d: _reply_id(d) == request_id)
+        except TransportError as exc:
+            return self._local(local, f"link: {exc}", started)
+        self.estimator.observe(len(wire) + len(data), time.monotonic() - sent)
+        reply = decode_message(data)
+        if reply.type is MessageType.ERROR:
+            return self._local(local, f"server: {reply.body['code']}: {reply.body['reason']}", started)
+        probabilities = logits_from_bytes(reply.body["pr"])
+        return Prediction(int(reply.body["c"]), probabilities, OFFLOADED,
+                          latency_ms=1e3 * (time.monotonic() - started), bytes_up=len(wire),
+                          bytes_down=len(data), timings_ms=dict(reply.body["tm"]))
+
+    def _local(self, probabilities: np.ndarray, reason: str, started: float) -> Prediction:
+        return Prediction(int(probabilities.argmax()), probabilities, LOCAL_FALLBACK, reason,
+                          latency_ms=1e3 * (time.monotonic() - started))
+
+    def close(self) -> None:
+        if self._requester is not None:
+            self._transport.close()
+
+    def __enter__(self) -> EdgeClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _reply_id(data: bytes) -> int | None:
+    try:
+        return decode_message(data).request_id
+    except ProtocolError:
+        return None

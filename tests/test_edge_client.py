@@ -1,0 +1,92 @@
+"""EdgeClient: offloading, deadline-aware fallback, errors, threads, asyncio."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+import agilenn
+from agilenn.data import load_mnist_sample
+from edge_node.client import LOCAL_FALLBACK, OFFLOADED, EdgeClient, LinkEstimator
+from server_node.remote import RemoteServer
+from transports.emulator import LinkProfile
+
+IMAGES = load_mnist_sample().head(40)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RemoteServer]:
+    with agilenn.RemoteServer(max_queue_delay_us=500) as running:
+        yield running
+
+
+def test_offloaded_predictions_match_the_labels(server: RemoteServer) -> None:
+    with agilenn.EdgeClient(server=server.endpoint) as client:
+        predictions = [client.infer(image) for image in IMAGES.images]
+    assert {p.source for p in predictions} == {OFFLOADED}
+    assert sum(p.label == label for p, label in zip(predictions, IMAGES.labels, strict=True)) >= 38
+    assert all(p.bytes_up > 0 and p.bytes_down > 0 for p in predictions)
+
+
+def test_without_a_server_the_local_predictor_answers() -> None:
+    with EdgeClient() as client:
+        prediction = client.infer(IMAGES.images[0])
+    assert prediction.source == LOCAL_FALLBACK and prediction.reason == "no server configured"
+    assert prediction.label == IMAGES.labels[0]
+
+
+def test_unreachable_server_falls_back_with_the_link_as_reason() -> None:
+    with EdgeClient(server="tcp://127.0.0.1:9", timeout_s=0.2) as client:
+        prediction = client.infer(IMAGES.images[1])
+    assert prediction.source == LOCAL_FALLBACK and prediction.reason.startswith("link:")
+
+
+def test_a_slow_link_misses_the_deadline_and_the_next_request_is_not_even_sent(server: RemoteServer) -> None:
+    slow = LinkProfile("slow", bandwidth_bytes_per_s=1_000.0)  # ~0.2 s a round trip
+    with EdgeClient(server=server.endpoint, link=slow, deadline_ms=5_000) as client:
+        first = client.infer(IMAGES.images[2])  # teaches the estimator the link's speed
+        client.deadline_ms = 50
+        second = client.infer(IMAGES.images[3])
+    assert first.source == OFFLOADED and first.latency_ms > 150
+    assert second.source == LOCAL_FALLBACK and second.reason.startswith("deadline: link predicted")
+    assert second.latency_ms < 50
+
+
+def test_server_error_falls_back_and_says_why(server: RemoteServer, tmp_path: object) -> None:
+    with EdgeClient(server=server.endpoint) as client:
+        client.model_hash = bytes(8)  # as if the device ran another model
+        prediction = client.infer(IMAGES.images[4])
+    assert prediction.source == LOCAL_FALLBACK and "model-mismatch" in prediction.reason
+
+
+def test_thread_safe_and_async(server: RemoteServer) -> None:
+    results: list[int] = []
+    with EdgeClient(server=server.endpoint) as client:
+        def work(index: int) -> None:
+            results.append(client.infer(IMAGES.images[index]).label)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+        async def both() -> list[int]:
+            predictions = await asyncio.gather(
+                client.ainfer(IMAGES.images[0]), client.ainfer(IMAGES.images[1]))
+            return [p.label for p in predictions]
+
+        assert asyncio.run(both()) == list(IMAGES.labels[:2])
+    assert sorted(results) == sorted(int(label) for label in IMAGES.labels[:8])
+
+
+def test_link_estimator_learns_latency_and_bandwidth() -> None:
+    estimator = LinkEstimator()
+    assert estimator.predict(100) is None
+    for size in (100, 1000, 100, 1000, 500):
+        estimator.observe(size, 0.010 + size / 100_000)  # 10 ms + 100 kB/s
+    assert estimator.predict(2000) == pytest.approx(0.030, rel=0.01)
+    assert estimator.predict(0) == pytest.approx(0.010, rel=0.05)
