@@ -1,0 +1,78 @@
+"""``agilenn edge``: run the device part on a stream of images, offload, print JSON lines.
+
+One JSON object per prediction on stdout: the index, the label when known,
+the predicted class, ``source`` (``offloaded`` or ``local-fallback``), the
+fallback ``reason``, the latency, the bytes on the link and the server's
+timings. Sources: ``mnist-sample`` (shipped), ``mnist`` (``--data-dir``), a
+folder of ``.npy`` images, or ``-`` for one ``.npy`` array of images on stdin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edge_node.client import EdgeClient
+from transports.emulator import PROFILES
+
+from ..data import load_dataset
+from ..errors import AgileNNError
+from .common import DEFAULT_MODEL, fail
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agilenn edge", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--server", help="tcp://host:port of agilenn server (none: local only)")
+    parser.add_argument("--source", default="mnist-sample",
+                        help="mnist-sample, mnist, a folder of .npy images, or - for stdin")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--limit", type=int, default=0)
+    parser.add_argument("--link", choices=sorted(PROFILES), help="emulate this link under the client")
+    parser.add_argument("--deadline-ms", type=float)
+    parser.add_argument("--timeout-s", type=float, default=1.0)
+    parser.add_argument("--device-id", default="edge-0")
+    return parser
+
+
+def _images(source: str, data_dir: str | None) -> Iterator[tuple[np.ndarray, int | None]]:
+    if source in ("mnist", "mnist-sample"):
+        dataset = load_dataset(source, "test", data_dir)
+        yield from ((image, int(label)) for image, label in zip(dataset.images, dataset.labels, strict=True))
+    elif source == "-":
+        for image in np.load(io.BytesIO(sys.stdin.buffer.read()), allow_pickle=False):
+            yield image, None
+    else:
+        folder = Path(source)
+        if not folder.is_dir():
+            raise AgileNNError(f"source {source!r} is neither a known dataset nor a folder")
+        for path in sorted(folder.glob("*.npy")):
+            yield np.load(path, allow_pickle=False), None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        client = EdgeClient(args.model, server=args.server, deadline_ms=args.deadline_ms, link=args.link,
+                            device_id=args.device_id, timeout_s=args.timeout_s)
+        with client:
+            for index, (image, label) in enumerate(_images(args.source, args.data_dir)):
+                if args.limit and index >= args.limit:
+                    break
+                prediction = client.infer(image)
+                print(json.dumps({
+                    "index": index, "label": label, "predicted": prediction.label,
+                    "source": prediction.source, "reason": prediction.reason,
+                    "latency_ms": round(prediction.latency_ms, 3), "bytes_up": prediction.bytes_up,
+                    "bytes_down": prediction.bytes_down, "server_ms": prediction.timings_ms,
+                }), flush=True)
+    except (AgileNNError, OSError, ValueError) as exc:
+        return fail(str(exc))
+    return 0

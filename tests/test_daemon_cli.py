@@ -1,0 +1,71 @@
+"""``agilenn edge`` and ``agilenn demo`` through ``main(argv)``."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agilenn.cli import main
+from agilenn.data import load_mnist_sample
+from server_node.remote import RemoteServer
+
+SAMPLE = load_mnist_sample().head(6)
+
+
+def _lines(capsys: pytest.CaptureFixture[str]) -> list[dict[str, object]]:
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_edge_without_a_server_answers_locally(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["edge", "--limit", "4"]) == 0
+    lines = _lines(capsys)
+    assert [line["index"] for line in lines] == [0, 1, 2, 3]
+    assert all(line["source"] == "local-fallback" for line in lines)
+    assert [line["label"] for line in lines] == [int(label) for label in SAMPLE.labels[:4]]
+
+
+def test_edge_offloads_to_a_server_from_a_folder_of_images(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for index, image in enumerate(SAMPLE.images):
+        np.save(tmp_path / f"{index:03d}.npy", image)
+    with RemoteServer() as server:
+        assert main(["edge", "--server", server.endpoint, "--source", str(tmp_path)]) == 0
+    lines = _lines(capsys)
+    assert [line["predicted"] for line in lines] == [int(label) for label in SAMPLE.labels]
+    assert all(line["source"] == "offloaded" and line["bytes_up"] > 0 for line in lines)
+
+
+def test_edge_reads_an_npy_batch_from_stdin(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, SAMPLE.images[:3])
+
+    class _Stdin:
+        def __init__(self, data: bytes) -> None:
+            self.buffer = io.BytesIO(data)
+
+    monkeypatch.setattr(sys, "stdin", _Stdin(buffer.getvalue()))
+    assert main(["edge", "--source", "-"]) == 0
+    assert [line["predicted"] for line in _lines(capsys)] == [int(label) for label in SAMPLE.labels[:3]]
+
+
+def test_edge_refuses_an_unknown_source(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["edge", "--source", "/nonexistent/images"]) == 2
+    assert "neither a known dataset nor a folder" in capsys.readouterr().err
+
+
+def test_demo_runs_real_daemons_over_the_emulated_serial_link(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--count", "20", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["requests"] == 20 and summary["link"] == "serial-115200"
+    assert summary["accuracy"] >= 0.9 and summary["fallbacks"] == 0
+    assert summary["server_exit_code"] == 0  # SIGTERM stopped it gracefully
+    assert summary["latency_ms"]["p50"] > 10  # ~200 bytes each way at 11,520 B/s is ~17 ms
+    assert 50 < summary["bytes_up_mean"] < 200
