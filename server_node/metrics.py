@@ -26,13 +26,16 @@ class ServerMetrics:
         self.devices = Gauge("agilenn_connected_devices", "Devices seen in the last minute",
                              registry=self.registry)
         self._last_seen: dict[str, float] = {}
+        self._next_prune = 0.0
         self._http: tuple[WSGIServer, threading.Thread] | None = None
 
     def saw_device(self, device_id: str) -> None:
         now = time.monotonic()
         self._last_seen[device_id] = now
-        if len(self._last_seen) > 1024 or now - min(self._last_seen.values()) > _DEVICE_WINDOW_S:
+        # Prune once a second (or when the map grows), not on every request.
+        if now >= self._next_prune or len(self._last_seen) > 4096:
             self._last_seen = {d: t for d, t in self._last_seen.items() if now - t <= _DEVICE_WINDOW_S}
+            self._next_prune = now + 1.0
         self.devices.set(len(self._last_seen))
 
     def serve(self, port: int, addr: str) -> int:
