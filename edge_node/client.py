@@ -9,6 +9,7 @@ miss, server error, link down).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 import time
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import zmq
 
 from agilenn.cli.common import load_checkpoint
 from agilenn.codec import FeatureCodec
@@ -34,6 +36,7 @@ from transports.messages import (
 )
 from transports.zmq_transport import Requester, ZmqClientTransport
 
+PROBE_INTERVAL_S = 1.0
 OFFLOADED = "offloaded"
 LOCAL_FALLBACK = "local-fallback"
 
@@ -84,6 +87,9 @@ class EdgeClient:
         self.deadline_ms = deadline_ms
         self.timeout_s = timeout_s
         self.estimator = LinkEstimator()
+        self.num_classes = checkpoint.config.num_classes
+        self._reply_bytes = 0.0  # running mean of reply sizes, for the deadline estimate
+        self._last_sent = 0.0
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._requester: Requester | None = None
@@ -120,32 +126,47 @@ class EdgeClient:
         timeout = self.timeout_s
         if self.deadline_ms is not None:
             remaining = self.deadline_ms / 1e3 - (time.monotonic() - started)
-            predicted = self.estimator.predict(len(wire))
-            if predicted is not None and predicted > remaining:
+            if remaining <= 0:
+                return self._local(local, "deadline: spent on the device", started)
+            predicted = self.estimator.predict(len(wire) + int(self._reply_bytes))
+            # Now and then send anyway: an estimate is only corrected by new samples,
+            # so a link that got faster would otherwise never be used again.
+            probing = time.monotonic() - self._last_sent > PROBE_INTERVAL_S
+            if predicted is not None and predicted > remaining and not probing:
                 return self._local(local, f"deadline: link predicted {1e3 * predicted:.1f} ms", started)
-            timeout = max(min(timeout, remaining), 1e-3)
+            timeout = min(timeout, remaining)
         self._requester.timeout = timeout
-        sent = time.monotonic()
+        sent = self._last_sent = time.monotonic()
         try:
             data = self._requester.request(wire, lambda d: _reply_id(d) == request_id)
-        except TransportError as exc:
+        except (TransportError, zmq.ZMQError) as exc:
+            # Lazy Pirate: drop the connection so a queued stale request is not served later.
+            with contextlib.suppress(TransportError, zmq.ZMQError):
+                self._transport.reconnect()
             return self._local(local, f"link: {exc}", started)
         self.estimator.observe(len(wire) + len(data), time.monotonic() - sent)
+        self._reply_bytes = 0.8 * self._reply_bytes + 0.2 * len(data) if self._reply_bytes else len(data)
         reply = decode_message(data)
         if reply.type is MessageType.ERROR:
             return self._local(local, f"server: {reply.body['code']}: {reply.body['reason']}", started)
+        if reply.type is not MessageType.INFER_REPLY or len(reply.body["pr"]) != 2 * self.num_classes:
+            return self._local(local, f"server: unexpected {reply.type.name} reply", started)
+        elapsed_ms = 1e3 * (time.monotonic() - started)
+        if self.deadline_ms is not None and elapsed_ms > self.deadline_ms:
+            return self._local(local, f"deadline: reply came after {elapsed_ms:.1f} ms", started)
         probabilities = logits_from_bytes(reply.body["pr"])
-        return Prediction(int(reply.body["c"]), probabilities, OFFLOADED,
-                          latency_ms=1e3 * (time.monotonic() - started), bytes_up=len(wire),
-                          bytes_down=len(data), timings_ms=dict(reply.body["tm"]))
+        return Prediction(int(reply.body["c"]), probabilities, OFFLOADED, latency_ms=elapsed_ms,
+                          bytes_up=len(wire), bytes_down=len(data), timings_ms=dict(reply.body["tm"]))
 
     def _local(self, probabilities: np.ndarray, reason: str, started: float) -> Prediction:
         return Prediction(int(probabilities.argmax()), probabilities, LOCAL_FALLBACK, reason,
                           latency_ms=1e3 * (time.monotonic() - started))
 
     def close(self) -> None:
-        if self._requester is not None:
-            self._transport.close()
+        with self._lock:  # never under an infer() that is using the socket
+            if self._requester is not None:
+                self._transport.close()
+                self._requester = None
 
     def __enter__(self) -> EdgeClient:
         return self

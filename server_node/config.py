@@ -32,6 +32,10 @@ class ServerConfig:
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value, expected = getattr(self, field.name), type(field.default)
+            if type(value) is not expected and not (expected is float and type(value) is int):
+                raise ValueError(f"{field.name} must be a {expected.__name__}, not {value!r}")
         if self.max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         if self.max_queue_delay_us < 0:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 _DEVICE_WINDOW_S = 60.0
+_MAX_TRACKED_DEVICES = 10_000
 
 
 class ServerMetrics:
@@ -25,17 +27,20 @@ class ServerMetrics:
                                          registry=self.registry)
         self.devices = Gauge("agilenn_connected_devices", "Devices seen in the last minute",
                              registry=self.registry)
-        self._last_seen: dict[str, float] = {}
-        self._next_prune = 0.0
+        self._last_seen: OrderedDict[str, float] = OrderedDict()  # oldest first
         self._http: tuple[WSGIServer, threading.Thread] | None = None
 
     def saw_device(self, device_id: str) -> None:
         now = time.monotonic()
         self._last_seen[device_id] = now
-        # Prune once a second (or when the map grows), not on every request.
-        if now >= self._next_prune or len(self._last_seen) > 4096:
-            self._last_seen = {d: t for d, t in self._last_seen.items() if now - t <= _DEVICE_WINDOW_S}
-            self._next_prune = now + 1.0
+        self._last_seen.move_to_end(device_id)
+        # Oldest first, so expiry pops from the front: O(1) a message, even when a
+        # peer floods us with made-up device ids (the cap bounds the memory).
+        while self._last_seen:
+            oldest, seen = next(iter(self._last_seen.items()))
+            if now - seen <= _DEVICE_WINDOW_S and len(self._last_seen) <= _MAX_TRACKED_DEVICES:
+                break
+            del self._last_seen[oldest]
         self.devices.set(len(self._last_seen))
 
     def serve(self, port: int, addr: str) -> int:

@@ -17,6 +17,7 @@ class RemoteServer:
         self.config = ServerConfig(model=model, bind=bind, **settings)
         self.server = Server(self.config)
         self._thread = threading.Thread(target=self._run, name="agilenn-remote-server", daemon=True)
+        self._crash: BaseException | None = None
 
     @property
     def endpoint(self) -> str:
@@ -31,9 +32,12 @@ class RemoteServer:
         return self.endpoint
 
     def stop(self) -> None:
+        """Stop gracefully; re-raises the error if the server died while running."""
         self.server.should_exit.set()
         if self._thread.is_alive():
             self._thread.join()
+        if self._crash is not None:
+            raise self._crash
 
     def __enter__(self) -> RemoteServer:
         self.start()
@@ -45,6 +49,6 @@ class RemoteServer:
     def _run(self) -> None:
         try:
             self.server.run()
-        except BaseException:  # a load failure is re-raised by start(); others surface here
+        except BaseException as exc:  # a thread has no caller: start() or stop() re-raise it
             if self.server.load_error is None:
-                raise
+                self._crash = exc

@@ -36,6 +36,7 @@ from transports.messages import (
     error_reply,
     logits_from_bytes,
     logits_to_bytes,
+    salvage_header,
 )
 from transports.zmq_transport import ZmqServerTransport
 
@@ -78,9 +79,13 @@ class Server:
         if self.config.curve_secret_key:
             curve = CurveServerConfig(Path(self.config.curve_secret_key), Path(self.config.curve_allowlist))
         self.transport = ZmqServerTransport(self.config.bind, curve=curve)
-        self.endpoint = self.transport.bind()
-        if self.config.metrics_port >= 0:
-            self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.metrics_addr)
+        try:
+            self.endpoint = self.transport.bind()
+            if self.config.metrics_port >= 0:
+                self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.metrics_addr)
+        except BaseException:
+            self.transport.close()  # a half-started server must not keep its port
+            raise
 
     def run(self) -> int:
         """Load, serve until asked to stop, shut down in stages. Returns the exit code."""
@@ -96,9 +101,11 @@ class Server:
             log.info("serving model %s on %s (batch %d, delay %d us)", self.model_hash.hex(), self.endpoint,
                      self.config.max_batch_size, self.config.max_queue_delay_us)
             pending: list[_Pending] = []
-            while not self.should_exit.is_set():
-                self._step(pending, self._wait_time(pending))
-            self._shutdown(pending)
+            try:
+                while not self.should_exit.is_set():
+                    self._step(pending, self._wait_time(pending))
+            finally:
+                self._shutdown(pending)
         return 0
 
     # --------------------------------------------------------------- serving
@@ -116,13 +123,22 @@ class Server:
         if pending and (full or self._wait_time(pending) <= 0):
             batch = pending[: self.config.max_batch_size]
             del pending[: self.config.max_batch_size]
+            self._answer(batch)
+
+    def _answer(self, batch: list[_Pending]) -> None:
+        """Run a batch; if the model itself fails, every request in it still gets a reply."""
+        try:
             self._run_batch(batch)
+        except Exception:
+            log.exception("batch of %d failed in the model", len(batch))
+            for item in batch:
+                self._fail(item.identity, item.request, "internal", "the server failed to run this batch")
 
     def _accept(self, identity: bytes, data: bytes, pending: list[_Pending]) -> None:
         try:
             request = decode_message(data)
         except ProtocolError as exc:
-            self._fail(identity, None, exc.code, str(exc))
+            self._fail(identity, salvage_header(data), exc.code, str(exc))
             return
         self.metrics.saw_device(request.device_id)
         if request.type is MessageType.PING:
@@ -196,7 +212,7 @@ class Server:
         while pending and time.monotonic() < deadline:
             batch = pending[: self.config.max_batch_size]
             del pending[: self.config.max_batch_size]
-            self._run_batch(batch)
+            self._answer(batch)
         for item in pending:  # past the timeout: still answered, never dropped silently
             self._fail(item.identity, item.request, "shutting-down", "the server stopped before this ran")
         self.transport.close()

@@ -90,3 +90,41 @@ def test_link_estimator_learns_latency_and_bandwidth() -> None:
         estimator.observe(size, 0.010 + size / 100_000)  # 10 ms + 100 kB/s
     assert estimator.predict(2000) == pytest.approx(0.030, rel=0.01)
     assert estimator.predict(0) == pytest.approx(0.010, rel=0.05)
+
+
+def test_a_reply_after_the_deadline_is_a_fallback_not_an_offload(server: RemoteServer) -> None:
+    """Review finding: a late reply was returned as offloaded."""
+    slow = LinkProfile("slow", bandwidth_bytes_per_s=2_000.0)  # ~0.1 s a round trip
+    with EdgeClient(server=server.endpoint, link=slow, deadline_ms=30, timeout_s=5.0) as client:
+        prediction = client.infer(IMAGES.images[5])  # no estimate yet: it tries
+    assert prediction.source == LOCAL_FALLBACK and prediction.reason.startswith("deadline")
+
+
+def test_a_spent_deadline_sends_nothing(server: RemoteServer) -> None:
+    with EdgeClient(server=server.endpoint, deadline_ms=1e-6) as client:
+        prediction = client.infer(IMAGES.images[6])
+    assert prediction.reason == "deadline: spent on the device"
+
+
+def test_the_client_probes_again_after_a_deadline_fallback(server: RemoteServer) -> None:
+    """Review finding: once the estimate said 'too slow', the client never sent again."""
+    import time
+
+    with EdgeClient(server=server.endpoint, deadline_ms=5_000) as client:
+        client.infer(IMAGES.images[7])
+        client.estimator.observe(200, 10.0)  # as if the link had been very slow
+        client.estimator.observe(200, 10.0)
+        assert client.infer(IMAGES.images[8]).source == LOCAL_FALLBACK
+        time.sleep(1.1)  # past the probe interval
+        assert client.infer(IMAGES.images[9]).source == OFFLOADED
+
+
+def test_close_waits_for_a_running_inference(server: RemoteServer) -> None:
+    client = EdgeClient(server=server.endpoint)
+    results = []
+    worker = threading.Thread(target=lambda: results.append(client.infer(IMAGES.images[10])))
+    worker.start()
+    client.close()
+    worker.join()
+    assert len(results) == 1 and results[0].label in range(10)
+    assert client.infer(IMAGES.images[11]).source == LOCAL_FALLBACK  # closed: local only

@@ -82,10 +82,12 @@ def _raw(*items: object) -> bytes:
 
 BAD_INPUTS = {
     "not-msgpack": (b"\xc1\xff garbage", 0, "malformed"),
-    "wrong-version": (_raw(9, 1, 5, "d", HASH, {}, {}), 0, "unsupported-version"),
-    "oversized": (_raw(1, 1, 6, "d", HASH, {}, {"p": bytes(MAX_PAYLOAD_BYTES + 1), "l": b""}), 0,
+    # Rejected by the schema, yet the reply still echoes the request id: the
+    # sender learns why at once instead of waiting out its timeout.
+    "wrong-version": (_raw(9, 1, 5, "d", HASH, {}, {}), 5, "unsupported-version"),
+    "oversized": (_raw(1, 1, 6, "d", HASH, {}, {"p": bytes(MAX_PAYLOAD_BYTES + 1), "l": b""}), 6,
                   "too-large"),
-    "nan-logits": (_raw(1, 1, 7, "d", HASH, {}, {"p": b"x", "l": b"\x00\x7e" * 10}), 0, "non-finite"),
+    "nan-logits": (_raw(1, 1, 7, "d", HASH, {}, {"p": b"x", "l": b"\x00\x7e" * 10}), 7, "non-finite"),
     "wrong-hash": (encode_message(_request(2, 8, model_hash=bytes(8))), 8, "model-mismatch"),
     "garbage-payload": (encode_message(_request(3, 9)._replace(body={"p": b"\xa1\x08\x10\x07\x07xx",
                                                                      "l": _request(3).body["l"]})),
@@ -197,3 +199,58 @@ def test_remote_server_reports_a_model_that_cannot_load(tmp_path: pytest.TempPat
     server = RemoteServer(model=str(tmp_path / "missing.agnn"))  # type: ignore[operator]
     with pytest.raises(FileNotFoundError):
         server.start()
+
+
+def test_a_failing_batch_is_answered_and_the_server_keeps_serving(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review finding: one exception in the model killed the loop, leaving requests unanswered."""
+    with RemoteServer(max_batch_size=4, max_queue_delay_us=1000) as server:
+        model = server.server.model
+        real_forward = model.server_forward
+        calls = {"n": 0}
+
+        def fail_once(symbols: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise RuntimeError("simulated out-of-memory")  # a fault no input can produce
+            return real_forward(symbols, local)
+
+        monkeypatch.setattr(model, "server_forward", fail_once)
+        first = _ask(server.endpoint, encode_message(_request(0, 3000)), 3000)
+        second = _ask(server.endpoint, encode_message(_request(1, 3001)), 3001)
+    assert first.type is MessageType.ERROR and first.body["code"] == "internal"
+    assert second.type is MessageType.INFER_REPLY
+
+
+def test_a_failed_start_releases_the_port() -> None:
+    import socket as sockets
+
+    with sockets.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy_port = taken.getsockname()[1]
+        server = RemoteServer(bind="tcp://127.0.0.1:0", metrics_port=busy_port)
+        with pytest.raises(OSError):
+            server.start()
+    endpoint = server.server.endpoint
+    assert endpoint  # it had bound before the metrics port failed
+    with RemoteServer(bind=endpoint) as again:  # the same port is free again
+        assert again.endpoint == endpoint
+
+
+def test_spoofed_device_ids_keep_the_device_map_bounded() -> None:
+    from server_node.metrics import _MAX_TRACKED_DEVICES, ServerMetrics
+
+    metrics = ServerMetrics()
+    for index in range(_MAX_TRACKED_DEVICES + 500):
+        metrics.saw_device(f"spoof-{index}")
+    assert len(metrics._last_seen) == _MAX_TRACKED_DEVICES
+    assert "spoof-0" not in metrics._last_seen and f"spoof-{_MAX_TRACKED_DEVICES + 499}" in metrics._last_seen
+
+
+def test_server_cli_reports_bad_settings_without_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    from agilenn.cli import main
+
+    assert main(["server", "--log-level", "LOUD", "--bind", "tcp://127.0.0.1:0"]) == 2
+    assert "LOUD" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="max_batch_size must be a int"):
+        ServerConfig(max_batch_size="8")  # type: ignore[arg-type]

@@ -278,6 +278,27 @@ def decode_message(data: bytes) -> Message:
     return message
 
 
+def salvage_header(data: bytes) -> Message | None:
+    """The request id and device id of a message that failed validation, if readable.
+
+    Lets an ERROR reply echo the request's id, so the sender learns why instead
+    of waiting out its timeout. Anything unreadable gives None (id 0 then).
+    """
+    try:
+        items = msgpack.unpackb(data, raw=False, max_bin_len=MAX_MESSAGE_BYTES,
+                                max_str_len=MAX_MESSAGE_BYTES, max_array_len=64, max_map_len=64)
+    except Exception:  # hostile bytes: nothing to salvage
+        return None
+    if not isinstance(items, list) or len(items) < 4:
+        return None
+    request_id, device_id = items[2], items[3]
+    if type(request_id) is not int or not 0 <= request_id <= MAX_REQUEST_ID:
+        return None
+    if type(device_id) is not str or len(device_id.encode("utf-8", "replace")) > MAX_DEVICE_ID_BYTES:
+        device_id = ""
+    return Message(MessageType.ERROR, request_id, device_id)
+
+
 def error_reply(request: Message | None, error: ProtocolError | str, reason: str = "") -> Message:
     """The ERROR message answering ``request`` (or an unparseable one, if None)."""
     code = error if isinstance(error, str) else error.code

@@ -9,12 +9,16 @@ accuracy, latency percentiles, bytes per request and the fallback count.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -26,6 +30,33 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def _stop(process: subprocess.Popen[bytes]) -> int:
+    """SIGTERM (a graceful stop), then SIGKILL if it does not exit in time."""
+    process.terminate()
+    try:
+        return process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return -signal.SIGKILL
+
+
+@contextlib.contextmanager
+def _terminate_raises() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals can only be caught on the main thread
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    original = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, original)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,14 +94,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     server = subprocess.Popen([*launcher, "server", "--model", args.model, "--bind", endpoint,
                                "--log-format", "text", "--log-level", "WARNING"])
     try:
-        edge = subprocess.run(
-            [*launcher, "edge", "--model", args.model, "--server", endpoint, "--link", args.link,
-             "--deadline-ms", str(args.deadline_ms), "--limit", str(args.count), "--timeout-s", "2"],
-            capture_output=True, text=True, timeout=300,
-        )
+        with _terminate_raises():  # so a SIGTERM to the demo still stops both daemons
+            edge = subprocess.run(  # run() kills the edge if anything interrupts it
+                [*launcher, "edge", "--model", args.model, "--server", endpoint, "--link", args.link,
+                 "--deadline-ms", str(args.deadline_ms), "--limit", str(args.count), "--timeout-s", "2"],
+                capture_output=True, text=True, timeout=300,
+            )
     finally:
-        server.terminate()
-        server_exit = server.wait(timeout=30)
+        server_exit = _stop(server)
     if edge.returncode != 0:
         return fail(f"edge node failed: {edge.stderr.strip()}")
     summary = summarise([json.loads(line) for line in edge.stdout.splitlines()], time.monotonic() - started)

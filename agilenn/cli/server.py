@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from server_node.config import ServerConfig
 from server_node.server import Server
 
+from ..errors import AgileNNError
 from .common import fail
 
 
@@ -58,5 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = ServerConfig.load(args.config, **overrides)
     except (OSError, ValueError) as exc:
         return fail(str(exc))
-    configure_logging(config.log_level, args.log_format)
-    return Server(config).run()
+    try:
+        configure_logging(config.log_level, args.log_format)
+        return Server(config).run()
+    except (AgileNNError, OSError, ValueError) as exc:  # bad model, busy port, bad log level
+        return fail(str(exc))
