@@ -21,6 +21,7 @@ ENV_PREFIX = "AGILENN_"
 class ServerConfig:
     model: str = "pretrained:mnist"
     bind: str = "tcp://127.0.0.1:5555"
+    connect: str = ""  # a broker's backend: run as one of its workers instead of binding
     max_batch_size: int = 32
     max_queue_delay_us: int = 2000
     torch_threads: int = 1

@@ -25,6 +25,7 @@ import torch
 from agilenn.cli.common import load_checkpoint
 from agilenn.codec import FeatureCodec
 from agilenn.errors import CodecError
+from transports.broker import BrokerWorkerTransport
 from transports.curve import CurveServerConfig
 from transports.errors import PeerUnreachable, QueueFull
 from transports.messages import (
@@ -78,7 +79,11 @@ class Server:
         curve = None
         if self.config.curve_secret_key:
             curve = CurveServerConfig(Path(self.config.curve_secret_key), Path(self.config.curve_allowlist))
-        self.transport = ZmqServerTransport(self.config.bind, curve=curve)
+        if self.config.connect:
+            self.transport: ZmqServerTransport | BrokerWorkerTransport = BrokerWorkerTransport(
+                self.config.connect, capacity=2 * self.config.max_batch_size)
+        else:
+            self.transport = ZmqServerTransport(self.config.bind, curve=curve)
         try:
             self.endpoint = self.transport.bind()
             if self.config.metrics_port >= 0:
@@ -90,7 +95,7 @@ class Server:
     def run(self) -> int:
         """Load, serve until asked to stop, shut down in stages. Returns the exit code."""
         # Handlers first: a SIGTERM while the model loads must still stop us gracefully.
-        with _captured_signals(self.should_exit):
+        with captured_signals(self.should_exit):
             try:
                 self.load()
             except BaseException as exc:
@@ -221,7 +226,7 @@ class Server:
 
 
 @contextlib.contextmanager
-def _captured_signals(should_exit: threading.Event) -> Iterator[None]:
+def captured_signals(should_exit: threading.Event) -> Iterator[None]:
     """SIGINT/SIGTERM start a graceful stop; a second one forces the exit."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signals can only be caught on the main thread

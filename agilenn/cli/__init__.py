@@ -17,6 +17,7 @@ COMMANDS = {
     "eval": ("agilenn.cli.evaluate", "evaluate a model through the real codec path"),
     "codec": ("agilenn.cli.codec", "retune a model's feature codec (zstd level, dictionary)"),
     "server": ("agilenn.cli.server", "run the inference server daemon"),
+    "broker": ("agilenn.cli.broker", "load-balance devices over server workers, with heartbeats"),
     "edge": ("agilenn.cli.edge", "run the device part on images, offload, print JSON lines"),
     "demo": ("agilenn.cli.demo", "server + edge on loopback over an emulated serial link"),
     "keygen": ("agilenn.cli.keygen", "write CURVE key pairs for servers and devices"),
