@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import select
 import socket
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -15,7 +12,7 @@ from transports.arq import ArqConfig
 from transports.errors import DeliveryFailed, TransportClosed
 from transports.pipe import MemoryPipe
 from transports.reliable import ReliableLink
-from transports.serial_pipe import SerialPipe
+from transports.serial_pipe import PtyPipe, SerialPipe, open_pty
 
 from .fakes import noisy_line
 
@@ -82,49 +79,13 @@ def test_closed_link_refuses_sends() -> None:
     pipe_b.close()
 
 
-class _FdPipe:
-    """The master side of a pty: the host end of a 'cable' whose device end is a tty."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        os.set_blocking(fd, False)
-        self._closed = False
-
-    def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[os.write(self.fd, view):]
-            except BlockingIOError:
-                time.sleep(0.001)  # the pty buffer is full; the reader drains it
-
-    def read(self, timeout: float) -> bytes:
-        if self._closed:
-            raise TransportClosed("pty closed")
-        ready, _, _ = select.select([self.fd], [], [], timeout)
-        if not ready:
-            return b""
-        try:
-            return os.read(self.fd, 4096)
-        except OSError as exc:
-            raise TransportClosed(str(exc)) from exc
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            os.close(self.fd)
-
-
 @pytest.fixture
-def pty_pair() -> Iterator[tuple[_FdPipe, SerialPipe]]:
-    master, slave = os.openpty()
-    device = SerialPipe(os.ttyname(slave))  # pyserial puts the tty in raw mode
-    os.close(slave)
-    host = _FdPipe(master)
-    yield host, device
+def pty_pair() -> Iterator[tuple[PtyPipe, SerialPipe]]:
+    host, path = open_pty()
+    yield host, SerialPipe(path)
 
 
-def test_real_pty_serial_port(pty_pair: tuple[_FdPipe, SerialPipe]) -> None:
+def test_real_pty_serial_port(pty_pair: tuple[PtyPipe, SerialPipe]) -> None:
     host, device = pty_pair
     messages = [bytes(range(256)) * 3, b"", b"\x00" * 100, b"end"]
     with ReliableLink(host, FAST) as a, ReliableLink(device, FAST) as b:

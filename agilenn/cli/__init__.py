@@ -18,6 +18,8 @@ COMMANDS = {
     "codec": ("agilenn.cli.codec", "retune a model's feature codec (zstd level, dictionary)"),
     "server": ("agilenn.cli.server", "run the inference server daemon"),
     "broker": ("agilenn.cli.broker", "load-balance devices over server workers, with heartbeats"),
+    "pair": ("agilenn.cli.pair", "pair an MCU over a serial port, optionally pushing weights"),
+    "mcu-sim": ("agilenn.cli.mcu_sim", "a simulated MCU on a pty, for pairing and demos"),
     "edge": ("agilenn.cli.edge", "run the device part on images, offload, print JSON lines"),
     "demo": ("agilenn.cli.demo", "server + edge on loopback over an emulated serial link"),
     "keygen": ("agilenn.cli.keygen", "write CURVE key pairs for servers and devices"),

@@ -1,0 +1,149 @@
+"""Pairing an MCU over serial: hello, accept or reject, optional weight push, commit.
+
+    device -> host   HELLO          device id, firmware, the device's model hash
+    host -> device   HELLO_REPLY    accepted + reason, how many WEIGHT_CHUNKs follow
+    host -> device   WEIGHT_CHUNK   index, data, CRC-32 of data         (x update_chunks)
+    host -> device   WEIGHT_COMMIT  chunk count, SHA-256 of all data
+    device -> host   COMMIT_REPLY   accepted + reason (checked and applied, or refused)
+
+The weights pushed are the device part only (extractor, local predictor,
+quantizer), as ``torch.save`` bytes; the host's model hash travels in the
+HELLO_REPLY and the device adopts it once the commit checks out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+import zlib
+from dataclasses import dataclass
+
+import torch
+
+from agilenn.checkpoint import Checkpoint
+from transports.messages import Message, MessageType, ProtocolError, decode_message, encode_message
+from transports.reliable import ReliableLink
+
+DEVICE_PART = ("extractor.", "local_predictor.", "quantizer.")
+CHUNK_BYTES = 1024
+
+
+class PairingError(Exception):
+    """The peer broke the pairing protocol or went silent."""
+
+
+def device_part_bytes(checkpoint: Checkpoint) -> bytes:
+    buffer = io.BytesIO()
+    torch.save({k: v for k, v in checkpoint.state_dict.items() if k.startswith(DEVICE_PART)}, buffer)
+    return buffer.getvalue()
+
+
+def _receive(link: ReliableLink, expected: MessageType, timeout: float) -> Message:
+    data = link.recv(timeout)
+    if data is None:
+        raise PairingError(f"no {expected.name} within {timeout:.1f} s")
+    try:
+        message = decode_message(data)
+    except ProtocolError as exc:
+        raise PairingError(f"malformed message while waiting for {expected.name}: {exc}") from exc
+    if message.type is not expected:
+        raise PairingError(f"expected {expected.name}, got {message.type.name}")
+    return message
+
+
+@dataclass(frozen=True)
+class PairingRecord:
+    device_id: str
+    firmware: str
+    model_hash: str
+    accepted: bool
+    reason: str
+    updated: bool
+    paired_at: float
+
+
+class PairingHost:
+    def __init__(self, link: ReliableLink, checkpoint: Checkpoint, push_weights: bool = False,
+                 timeout: float = 10.0) -> None:
+        self.link = link
+        self.checkpoint = checkpoint
+        self.model_hash = bytes.fromhex(checkpoint.model_hash)
+        self.push_weights = push_weights
+        self.timeout = timeout
+
+    def pair_one(self, wait: float = 60.0) -> PairingRecord:
+        hello = _receive(self.link, MessageType.HELLO, wait)
+        firmware = hello.body["firmware"]
+        if hello.model_hash == self.model_hash:
+            return self._answer(hello, True, "same model", b"")
+        if not self.push_weights:
+            reason = (f"device model {hello.model_hash.hex() or '(none)'} != host model "
+                      f"{self.model_hash.hex()}; pair with --push to update")
+            return self._answer(hello, False, reason, b"")
+        return self._answer(hello, True, f"updating the device part of firmware {firmware}",
+                            device_part_bytes(self.checkpoint))
+
+    def _answer(self, hello: Message, accepted: bool, reason: str, image: bytes) -> PairingRecord:
+        chunks = [image[i : i + CHUNK_BYTES] for i in range(0, len(image), CHUNK_BYTES)]
+        self._send(hello, MessageType.HELLO_REPLY,
+                   {"accepted": accepted, "reason": reason, "update_chunks": len(chunks)})
+        if chunks:
+            for index, chunk in enumerate(chunks):
+                self._send(hello, MessageType.WEIGHT_CHUNK,
+                           {"index": index, "data": chunk, "crc32": zlib.crc32(chunk)})
+            self._send(hello, MessageType.WEIGHT_COMMIT,
+                       {"chunks": len(chunks), "sha256": hashlib.sha256(image).digest()})
+            commit = _receive(self.link, MessageType.COMMIT_REPLY, self.timeout)
+            accepted, reason = bool(commit.body["accepted"]), f"update: {commit.body['reason']}"
+        return PairingRecord(hello.device_id, hello.body["firmware"],
+                             (self.model_hash if accepted else hello.model_hash).hex(),
+                             accepted, reason, bool(chunks) and accepted, time.time())
+
+    def _send(self, hello: Message, kind: MessageType, body: dict[str, object]) -> None:
+        message = Message(kind, hello.request_id, hello.device_id, self.model_hash, body)
+        self.link.send(encode_message(message), timeout=self.timeout)
+
+
+class McuSimulator:
+    """The device side, written the way firmware would be: one fixed staging buffer."""
+
+    STAGING_BYTES = 64 * 1024
+
+    def __init__(self, link: ReliableLink, device_id: str, firmware: str, model_hash: bytes) -> None:
+        self.link = link
+        self.device_id = device_id
+        self.firmware = firmware
+        self.model_hash = model_hash
+        self.weights = b""
+        self._staging = bytearray(self.STAGING_BYTES)
+
+    def pair(self, timeout: float = 10.0) -> tuple[bool, str]:
+        self.link.send(encode_message(Message(MessageType.HELLO, 1, self.device_id, self.model_hash,
+                                              {"firmware": self.firmware})), timeout=timeout)
+        reply = _receive(self.link, MessageType.HELLO_REPLY, timeout)
+        if not reply.body["accepted"] or not reply.body["update_chunks"]:
+            return bool(reply.body["accepted"]), reply.body["reason"]
+        ok, reason, used = self._receive_image(reply.body["update_chunks"], timeout)
+        self.link.send(encode_message(Message(MessageType.COMMIT_REPLY, 1, self.device_id, reply.model_hash,
+                                              {"accepted": ok, "reason": reason})), timeout=timeout)
+        if ok:
+            self.weights, self.model_hash = bytes(self._staging[:used]), reply.model_hash
+        return ok, reason
+
+    def _receive_image(self, count: int, timeout: float) -> tuple[bool, str, int]:
+        used, problem = 0, ""
+        for expected_index in range(count):
+            chunk = _receive(self.link, MessageType.WEIGHT_CHUNK, timeout).body
+            data = chunk["data"]
+            if chunk["index"] != expected_index or zlib.crc32(data) != chunk["crc32"]:
+                problem = problem or f"chunk {expected_index} failed its CRC or arrived out of order"
+            elif used + len(data) > self.STAGING_BYTES:
+                problem = problem or f"image larger than the {self.STAGING_BYTES}-byte staging buffer"
+            else:
+                self._staging[used : used + len(data)] = data
+                used += len(data)
+        commit = _receive(self.link, MessageType.WEIGHT_COMMIT, timeout).body
+        if not problem and hashlib.sha256(self._staging[:used]).digest() != commit["sha256"]:
+            problem = "SHA-256 of the image does not match the commit"
+        return (not problem), problem or "applied", used
