@@ -20,9 +20,19 @@ import zlib
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 from agilenn.checkpoint import Checkpoint
-from transports.messages import Message, MessageType, ProtocolError, decode_message, encode_message
+from agilenn.codec import FeatureCodec
+from agilenn.model import AgileNN
+from transports.messages import (
+    Message,
+    MessageType,
+    ProtocolError,
+    decode_message,
+    encode_message,
+    logits_to_bytes,
+)
 from transports.reliable import ReliableLink
 
 DEVICE_PART = ("extractor.", "local_predictor.", "quantizer.")
@@ -130,6 +140,24 @@ class McuSimulator:
         if ok:
             self.weights, self.model_hash = bytes(self._staging[:used]), reply.model_hash
         return ok, reason
+
+    def infer(self, model: AgileNN, codec: FeatureCodec, image: Tensor, request_id: int,
+              timeout: float = 10.0) -> tuple[int, str]:
+        """Gateway mode: run the device part, offload through the gateway.
+
+        Returns (label, source): the server's merged prediction, or the local
+        predictor's when the gateway answers with an ERROR.
+        """
+        device = model.device_forward(image.unsqueeze(0))
+        self.link.send(encode_message(Message(
+            MessageType.INFER_REQUEST, request_id, self.device_id, self.model_hash,
+            {"p": codec.encode(device.symbols[0].numpy()),
+             "l": logits_to_bytes(device.local_logits[0].numpy())})), timeout=timeout)
+        data = self.link.recv(timeout)
+        reply = decode_message(data) if data is not None else None
+        if reply is None or reply.type is not MessageType.INFER_REPLY:
+            return int(device.local_logits[0].argmax()), "local-fallback"
+        return int(reply.body["c"]), "offloaded"
 
     def _receive_image(self, count: int, timeout: float) -> tuple[bool, str, int]:
         used, problem = 0, ""

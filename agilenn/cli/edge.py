@@ -5,6 +5,10 @@ the predicted class, ``source`` (``offloaded`` or ``local-fallback``), the
 fallback ``reason``, the latency, the bytes on the link and the server's
 timings. Sources: ``mnist-sample`` (shipped), ``mnist`` (``--data-dir``), a
 folder of ``.npy`` images, or ``-`` for one ``.npy`` array of images on stdin.
+
+Gateway mode (``--serial PORT --server ENDPOINT``): an MCU on the serial port
+runs the device part itself; its requests are relayed to the server and the
+answers sent back. It runs until SIGTERM or Ctrl-C, then prints its counters.
 """
 
 from __future__ import annotations
@@ -13,13 +17,19 @@ import argparse
 import io
 import json
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from edge_node.client import EdgeClient
+from edge_node.gateway import SerialGateway
+from server_node.server import captured_signals
+from transports.arq import ArqConfig
 from transports.emulator import PROFILES
+from transports.reliable import ReliableLink
+from transports.serial_pipe import SerialPipe
 
 from ..data import load_dataset
 from ..errors import AgileNNError
@@ -39,7 +49,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--deadline-ms", type=float)
     parser.add_argument("--timeout-s", type=float, default=1.0)
     parser.add_argument("--device-id", default="edge-0")
+    parser.add_argument("--serial", help="gateway mode: relay an MCU on this serial port to --server")
+    parser.add_argument("--baudrate", type=int, default=115200)
     return parser
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    """Relay the MCU's requests until SIGTERM or Ctrl-C."""
+    if not args.server:
+        return fail("gateway mode needs --server")
+    link = ReliableLink(SerialPipe(args.serial, args.baudrate), ArqConfig.for_line_rate(args.baudrate / 10))
+    gateway = SerialGateway(link, args.server, timeout_s=args.timeout_s)
+    stop = threading.Event()
+    try:
+        with captured_signals(stop):
+            gateway.serve(stop)
+    finally:
+        gateway.close()
+        link.close()
+    print(json.dumps(dict(gateway.stats)), flush=True)
+    return 0
 
 
 def _images(source: str, data_dir: str | None) -> Iterator[tuple[np.ndarray, int | None]]:
@@ -59,6 +88,11 @@ def _images(source: str, data_dir: str | None) -> Iterator[tuple[np.ndarray, int
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.serial:
+        try:
+            return _gateway(args)
+        except (AgileNNError, OSError) as exc:
+            return fail(str(exc))
     try:
         client = EdgeClient(args.model, server=args.server, deadline_ms=args.deadline_ms, link=args.link,
                             device_id=args.device_id, timeout_s=args.timeout_s)

@@ -1,0 +1,102 @@
+"""Gateway mode: a simulated MCU on a pty offloads through the edge to the server."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from agilenn.codec import FeatureCodec
+from agilenn.data import load_mnist_sample
+from agilenn.pretrained import load_pretrained
+from edge_node.gateway import SerialGateway
+from edge_node.pairing import McuSimulator
+from server_node.remote import RemoteServer
+from transports.arq import ArqConfig
+from transports.messages import MessageType, decode_message
+from transports.reliable import ReliableLink
+from transports.serial_pipe import SerialPipe, open_pty
+
+CHECKPOINT = load_pretrained("mnist")
+MODEL, CODEC = CHECKPOINT.build_model(), FeatureCodec(CHECKPOINT.codec)
+SAMPLE = load_mnist_sample().head(12)
+FAST = ArqConfig(retransmit_timeout=0.1)
+
+
+@pytest.fixture
+def mcu_and_gateway() -> Iterator[tuple[McuSimulator, SerialGateway, RemoteServer]]:
+    mcu_end, path = open_pty()
+    with RemoteServer() as server, ReliableLink(SerialPipe(path), FAST) as edge_link, \
+            ReliableLink(mcu_end, FAST) as mcu_link:
+        gateway = SerialGateway(edge_link, server.endpoint, timeout_s=0.5)
+        stop = threading.Event()
+        thread = threading.Thread(target=gateway.serve, args=(stop,))
+        thread.start()
+        try:
+            mcu = McuSimulator(mcu_link, "mcu-gw", "1.0", bytes.fromhex(CHECKPOINT.model_hash))
+            yield mcu, gateway, server
+        finally:
+            stop.set()
+            thread.join()
+            gateway.close()
+
+
+def test_mcu_offloads_through_the_gateway(
+    mcu_and_gateway: tuple[McuSimulator, SerialGateway, RemoteServer]
+) -> None:
+    mcu, gateway, _ = mcu_and_gateway
+    images, labels = SAMPLE.batch(slice(None))
+    results = [mcu.infer(MODEL, CODEC, image, request_id=i) for i, image in enumerate(images)]
+    assert all(source == "offloaded" for _, source in results)
+    assert sum(label == int(truth) for (label, _), truth in zip(results, labels, strict=True)) >= 11
+    assert gateway.stats["forwarded"] == len(results)
+
+
+def test_gateway_answers_garbage_from_the_mcu_with_a_reason(
+    mcu_and_gateway: tuple[McuSimulator, SerialGateway, RemoteServer]
+) -> None:
+    _, gateway, _ = mcu_and_gateway
+    reply = decode_message(gateway.forward(b"\x93\x01\x02"))
+    assert reply.type is MessageType.ERROR and reply.body["code"] == "malformed"
+
+
+def test_mcu_falls_back_when_the_server_is_gone(
+    mcu_and_gateway: tuple[McuSimulator, SerialGateway, RemoteServer]
+) -> None:
+    mcu, gateway, server = mcu_and_gateway
+    server.stop()
+    images, labels = SAMPLE.batch(slice(0, 2))
+    label, source = mcu.infer(MODEL, CODEC, images[0], request_id=99)
+    assert source == "local-fallback" and label == int(labels[0])
+    assert gateway.stats["server-unreachable"] == 1
+
+
+def test_edge_cli_gateway_process_relays_and_stops_on_sigterm() -> None:
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    mcu_end, path = open_pty()
+    with RemoteServer() as server, ReliableLink(mcu_end, FAST) as mcu_link:
+        gateway = subprocess.Popen([sys.executable, "-m", "agilenn", "edge", "--serial", path,
+                                    "--server", server.endpoint], stdout=subprocess.PIPE, text=True)
+        try:
+            mcu = McuSimulator(mcu_link, "mcu-cli-gw", "1.0", bytes.fromhex(CHECKPOINT.model_hash))
+            images, labels = SAMPLE.batch(slice(0, 3))
+            results = [mcu.infer(MODEL, CODEC, image, request_id=i, timeout=30)
+                       for i, image in enumerate(images)]
+            gateway.send_signal(signal.SIGTERM)
+            assert gateway.wait(timeout=20) == 0
+            assert gateway.stdout is not None
+            stats = json.loads(gateway.stdout.read())
+        finally:
+            if gateway.poll() is None:
+                gateway.kill()
+                gateway.wait()
+            if gateway.stdout is not None:
+                gateway.stdout.close()
+    assert [source for _, source in results] == ["offloaded"] * 3
+    assert [label for label, _ in results] == [int(label) for label in labels]
+    assert stats == {"forwarded": 3}
