@@ -1,1 +1,1 @@
-"""edge_node: arrives with issues #3/#4; the package exists so the layout and packaging are fixed now."""
+"""The edge side: `EdgeClient`, the serial gateway for MCUs, and MCU pairing."""

@@ -1,1 +1,1 @@
-"""server_node: arrives with issues #3/#4; the package exists so the layout and packaging are fixed now."""
+"""The inference server daemon (`agilenn server`), its broker workers and `RemoteServer`."""

@@ -1,1 +1,1 @@
-"""transports: arrives with issues #3/#4; the package exists so the layout and packaging are fixed now."""
+"""Links between devices, edge nodes and servers: schema, ZeroMQ, serial framing and ARQ, emulator, broker."""
