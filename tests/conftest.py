@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -22,6 +23,16 @@ tqdm.tqdm.monitor_interval = 0
 def mnist_dir() -> Path:
     """The shared MNIST copy: $AGILENN_DATA, else ../shared/data/mnist beside the repo."""
     return Path(os.environ.get("AGILENN_DATA") or REPO.parent / "shared" / "data" / "mnist")
+
+
+def reap(process: subprocess.Popen[str]) -> None:
+    """Kill a daemon a test started if it is still running, and close its pipes."""
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    for stream in (process.stdout, process.stderr):
+        if stream is not None:
+            stream.close()
 
 
 def _open_sockets() -> set[str]:

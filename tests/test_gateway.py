@@ -18,6 +18,8 @@ from transports.messages import MessageType, decode_message
 from transports.reliable import ReliableLink
 from transports.serial_pipe import SerialPipe, open_pty
 
+from .conftest import reap
+
 CHECKPOINT = load_pretrained("mnist")
 MODEL, CODEC = CHECKPOINT.build_model(), FeatureCodec(CHECKPOINT.codec)
 SAMPLE = load_mnist_sample().head(12)
@@ -92,11 +94,7 @@ def test_edge_cli_gateway_process_relays_and_stops_on_sigterm() -> None:
             assert gateway.stdout is not None
             stats = json.loads(gateway.stdout.read())
         finally:
-            if gateway.poll() is None:
-                gateway.kill()
-                gateway.wait()
-            if gateway.stdout is not None:
-                gateway.stdout.close()
+            reap(gateway)
     assert [source for _, source in results] == ["offloaded"] * 3
     assert [label for label, _ in results] == [int(label) for label in labels]
     assert stats == {"forwarded": 3}

@@ -13,6 +13,8 @@ from transports.arq import ArqConfig
 from transports.reliable import ReliableLink
 from transports.serial_pipe import SerialPipe, open_pty
 
+from .conftest import reap
+
 CHECKPOINT = load_pretrained("mnist")
 FAST = ArqConfig(retransmit_timeout=0.1)
 
@@ -117,11 +119,7 @@ def test_pair_cli_with_the_mcu_simulator_process(tmp_path: pytest.TempPathFactor
         outcome = json.loads(simulator.stdout.readline())
         assert simulator.wait(timeout=20) == 0
     finally:
-        if simulator.poll() is None:
-            simulator.kill()
-            simulator.wait()
-        if simulator.stdout is not None:
-            simulator.stdout.close()
+        reap(simulator)
     assert outcome["accepted"] and outcome["model_hash"] == CHECKPOINT.model_hash
     assert outcome["weights_bytes"] == len(device_part_bytes(CHECKPOINT))
     recorded = json.loads(registry.read_text())["mcu-cli"]

@@ -32,6 +32,8 @@ from transports.messages import (
 )
 from transports.zmq_transport import Requester, ZmqClientTransport
 
+from .conftest import reap
+
 CHECKPOINT = load_pretrained("mnist")
 MODEL = CHECKPOINT.build_model()
 CODEC = FeatureCodec(CHECKPOINT.codec)
@@ -188,11 +190,7 @@ def test_server_daemon_stops_cleanly_on_sigterm() -> None:
         assert process.wait(timeout=20) == 0
         assert "stopped" in process.stderr.read()
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        if process.stderr is not None:
-            process.stderr.close()
+        reap(process)
 
 
 def test_remote_server_reports_a_model_that_cannot_load(tmp_path: pytest.TempPathFactory) -> None:
