@@ -28,11 +28,11 @@ from transports.errors import TransportError
 from transports.messages import (
     Message,
     MessageType,
-    ProtocolError,
     decode_message,
     encode_message,
     logits_from_bytes,
     logits_to_bytes,
+    request_id_of,
 )
 from transports.zmq_transport import Requester, ZmqClientTransport
 
@@ -138,7 +138,7 @@ class EdgeClient:
         self._requester.timeout = timeout
         sent = self._last_sent = time.monotonic()
         try:
-            data = self._requester.request(wire, lambda d: _reply_id(d) == request_id)
+            data = self._requester.request(wire, lambda d: request_id_of(d) == request_id)
         except (TransportError, zmq.ZMQError) as exc:
             # Lazy Pirate: drop the connection so a queued stale request is not served later.
             with contextlib.suppress(TransportError, zmq.ZMQError):
@@ -174,9 +174,3 @@ class EdgeClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-
-def _reply_id(data: bytes) -> int | None:
-    try:
-        return decode_message(data).request_id
-    except ProtocolError:
-        return None

@@ -15,7 +15,14 @@ import threading
 
 from transports.curve import CurveClientConfig
 from transports.errors import TransportError
-from transports.messages import ProtocolError, decode_message, encode_message, error_reply, salvage_header
+from transports.messages import (
+    ProtocolError,
+    decode_message,
+    encode_message,
+    error_reply,
+    request_id_of,
+    salvage_header,
+)
 from transports.reliable import ReliableLink
 from transports.zmq_transport import Requester, ZmqClientTransport
 
@@ -42,7 +49,7 @@ class SerialGateway:
             self.stats["rejected"] += 1
             return encode_message(error_reply(salvage_header(data), exc.code, str(exc)))
         try:
-            reply = self._requester.request(data, lambda d: _reply_id(d) == request.request_id)
+            reply = self._requester.request(data, lambda d: request_id_of(d) == request.request_id)
         except TransportError as exc:
             self.stats["server-unreachable"] += 1
             with contextlib.suppress(TransportError):
@@ -54,9 +61,3 @@ class SerialGateway:
     def close(self) -> None:
         self._client.close()
 
-
-def _reply_id(data: bytes) -> int | None:
-    try:
-        return decode_message(data).request_id
-    except ProtocolError:
-        return None

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from bench_server import _requests
 from transports.curve import CurveClientConfig, configure_client, generate_keypair
 from transports.errors import DeliveryFailed, RequestTimeout
 from transports.messages import MAX_PAYLOAD_BYTES, decode_message, encode_message
-from transports.zmq_transport import Requester, ZmqClientTransport
+from transports.zmq_transport import Requester, ZmqClientTransport, free_loopback_endpoint
 
 
 def _bad(kind: str, request_id: int, valid: bytes) -> bytes:
@@ -68,9 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _, stranger_secret = generate_keypair(keys, "stranger")
     (keys / "allowed").mkdir()
     (keys / "allowed" / device_public.name).write_bytes(device_public.read_bytes())
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        endpoint = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+    endpoint = free_loopback_endpoint()
     server = subprocess.Popen([sys.executable, "-m", "agilenn", "server", "--bind", endpoint,
                                "--curve-secret-key", str(server_secret),
                                "--curve-allowlist", str(keys / "allowed"), "--log-level", "ERROR"])

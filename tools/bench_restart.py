@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from collections.abc import Sequence
 
 from agilenn.data import load_mnist_sample
 from edge_node.client import OFFLOADED, EdgeClient
+from transports.zmq_transport import free_loopback_endpoint
 
 
 def _server(endpoint: str) -> subprocess.Popen[bytes]:
@@ -36,9 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=600)
     parser.add_argument("--down-s", type=float, default=2.0)
     args = parser.parse_args(argv)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        endpoint = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+    endpoint = free_loopback_endpoint()
     sample = load_mnist_sample()
     server = _server(endpoint)
     time.sleep(3.0)

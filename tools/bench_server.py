@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from agilenn.codec import FeatureCodec
 from agilenn.data import load_mnist_sample
 from agilenn.pretrained import load_pretrained
 from transports.messages import Message, MessageType, decode_message, encode_message, logits_to_bytes
+from transports.zmq_transport import free_loopback_endpoint
 
 
 def _requests(count: int) -> list[bytes]:
@@ -75,15 +75,9 @@ def _devices(endpoint: str, count: int, seconds: float, requests: list[bytes], r
     results.put((latencies, batches, computes, errors))
 
 
-def _free_endpoint() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{probe.getsockname()[1]}"
-
-
 def run_config(max_batch: int, delay_us: int, devices: int, processes: int, seconds: float,
                requests: list[bytes]) -> dict[str, Any]:
-    endpoint = _free_endpoint()
+    endpoint = free_loopback_endpoint()
     server = subprocess.Popen([sys.executable, "-m", "agilenn", "server", "--bind", endpoint,
                                "--max-batch-size", str(max_batch), "--max-queue-delay-us", str(delay_us),
                                "--log-level", "WARNING"])

@@ -278,6 +278,14 @@ def decode_message(data: bytes) -> Message:
     return message
 
 
+def request_id_of(data: bytes) -> int | None:
+    """The request id of a valid message; None for anything that fails validation."""
+    try:
+        return decode_message(data).request_id
+    except ProtocolError:
+        return None
+
+
 def salvage_header(data: bytes) -> Message | None:
     """The request id and device id of a message that failed validation, if readable.
 

@@ -18,9 +18,15 @@ from collections.abc import Callable, Sequence
 from .arq import ArqConfig, ArqEndpoint, ArqStats
 from .errors import DeliveryFailed, TransportClosed
 from .pipe import Pipe
+from .serial_pipe import SerialPipe
 
 log = logging.getLogger("agilenn.transports.reliable")
 _READ_SLICE = 0.005  # how often timers run when the line is quiet
+
+
+def open_serial_link(url: str, baudrate: int = 115200) -> ReliableLink:
+    """A reliable link over a serial port, its timers sized for the line rate (8N1: 10 bits a byte)."""
+    return ReliableLink(SerialPipe(url, baudrate), ArqConfig.for_line_rate(baudrate / 10))
 
 
 class ReliableLink:

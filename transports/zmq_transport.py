@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +35,13 @@ log = logging.getLogger("agilenn.transports.zmq")
 # Above the schema's 256 KiB limit, so a slightly oversized message still gets a
 # typed "too-large" error reply; far larger ones are cut off at the socket.
 MAX_WIRE_MESSAGE_BYTES = 1024 * 1024
+
+
+def free_loopback_endpoint() -> str:
+    """``tcp://127.0.0.1:PORT`` with a port free right now, for a process that must be told where to bind."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{probe.getsockname()[1]}"
 
 
 def _ms(timeout: float) -> int:

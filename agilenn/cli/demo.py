@@ -12,7 +12,6 @@ import argparse
 import contextlib
 import json
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,13 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from transports.zmq_transport import free_loopback_endpoint
+
 from .common import DEFAULT_MODEL, fail, print_json
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _stop(process: subprocess.Popen[bytes]) -> int:
@@ -88,7 +83,7 @@ def summarise(lines: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    endpoint = free_loopback_endpoint()
     launcher = [sys.executable, "-m", "agilenn"]
     started = time.monotonic()
     server = subprocess.Popen([*launcher, "server", "--model", args.model, "--bind", endpoint,

@@ -26,10 +26,8 @@ import numpy as np
 from edge_node.client import EdgeClient
 from edge_node.gateway import SerialGateway
 from server_node.server import captured_signals
-from transports.arq import ArqConfig
 from transports.emulator import PROFILES
-from transports.reliable import ReliableLink
-from transports.serial_pipe import SerialPipe
+from transports.reliable import open_serial_link
 
 from ..data import load_dataset
 from ..errors import AgileNNError
@@ -58,7 +56,7 @@ def _gateway(args: argparse.Namespace) -> int:
     """Relay the MCU's requests until SIGTERM or Ctrl-C."""
     if not args.server:
         return fail("gateway mode needs --server")
-    link = ReliableLink(SerialPipe(args.serial, args.baudrate), ArqConfig.for_line_rate(args.baudrate / 10))
+    link = open_serial_link(args.serial, args.baudrate)
     gateway = SerialGateway(link, args.server, timeout_s=args.timeout_s)
     stop = threading.Event()
     try:

@@ -14,10 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edge_node.pairing import PairingError, PairingHost
-from transports.arq import ArqConfig
 from transports.errors import TransportError
-from transports.reliable import ReliableLink
-from transports.serial_pipe import SerialPipe
+from transports.reliable import open_serial_link
 
 from ..errors import AgileNNError
 from .common import DEFAULT_MODEL, fail, load_checkpoint, print_json, write_atomically
@@ -38,8 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         checkpoint = load_checkpoint(args.model)
-        config = ArqConfig.for_line_rate(args.baudrate / 10)
-        with ReliableLink(SerialPipe(args.port, args.baudrate), config) as link:
+        with open_serial_link(args.port, args.baudrate) as link:
             record = PairingHost(link, checkpoint, push_weights=args.push).pair_one(wait=args.wait)
     except (AgileNNError, OSError, PairingError, TransportError, ValueError) as exc:
         return fail(f"pairing failed: {exc}")
