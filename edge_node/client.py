@@ -105,7 +105,7 @@ class EdgeClient:
         """Classify one image (C, H, W): uint8 in [0, 255] or float in [0, 1]."""
         with self._lock:
             started = time.monotonic()
-            x = torch.as_tensor(np.asarray(image))
+            x = torch.tensor(np.asarray(image))  # a copy: read-only arrays (PIL, mmap) are fine
             x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
             device = self.model.device_forward(x.unsqueeze(0))
             local = torch.softmax(device.local_logits[0], dim=0).numpy()

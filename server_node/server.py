@@ -69,7 +69,7 @@ class Server:
     def load(self) -> None:
         torch.set_num_threads(self.config.torch_threads)
         checkpoint = load_checkpoint(self.config.model)
-        self.model = checkpoint.build_model()
+        self.model = checkpoint.build_model().prepare_for_serving()
         self.codec = FeatureCodec(checkpoint.codec)
         self.model_hash = bytes.fromhex(checkpoint.model_hash)
         model_config = checkpoint.config

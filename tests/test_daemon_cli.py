@@ -62,10 +62,37 @@ def test_edge_refuses_an_unknown_source(capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_demo_runs_real_daemons_over_the_emulated_serial_link(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--count", "20", "--json"]) == 0
+    assert main(["demo", "--count", "20", "--mcu-count", "5", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["requests"] == 20 and summary["link"] == "serial-115200"
     assert summary["accuracy"] >= 0.9 and summary["fallbacks"] == 0
     assert summary["server_exit_code"] == 0  # SIGTERM stopped it gracefully
     assert summary["latency_ms"]["p50"] > 10  # ~200 bytes each way at 11,520 B/s is ~17 ms
     assert 50 < summary["bytes_up_mean"] < 200
+    mcu = summary["mcu"]  # the simulated MCU offloaded through the gateway daemon on a pty
+    assert mcu["requests"] == 5 and mcu["offloaded"] == 5 and mcu["accuracy"] >= 0.8
+    assert mcu["gateway"] == {"forwarded": 5} and mcu["gateway_exit_code"] == 0
+
+
+def test_edge_reads_pictures_converts_them_and_reports_unreadable_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    # Lossless PNG at the model's size, and an RGB picture at twice the size that must be
+    # converted to one channel and resized.
+    for index, image in enumerate(SAMPLE.images[:3]):
+        Image.fromarray(image[0]).save(tmp_path / f"{index:03d}.png")
+    big = np.repeat(np.kron(SAMPLE.images[3, 0], np.ones((2, 2), np.uint8))[..., None], 3, axis=2)
+    Image.fromarray(big).save(tmp_path / "003.bmp")
+    (tmp_path / "004.png").write_bytes(b"not a png at all")
+    np.save(tmp_path / "005.npy", np.zeros((3, 5), np.uint8))
+    (tmp_path / "notes.txt").write_text("skipped: not an image")
+    with RemoteServer() as server:
+        assert main(["edge", "--server", server.endpoint, "--source", str(tmp_path)]) == 0
+    lines = _lines(capsys)
+    assert [line["index"] for line in lines] == [0, 1, 2, 3, 4, 5]
+    assert [line["predicted"] for line in lines[:4]] == [int(label) for label in SAMPLE.labels[:4]]
+    assert all(line["source"] == "offloaded" for line in lines[:4])
+    assert "004.png: not a readable image" in lines[4]["error"]
+    assert "005.npy: shape (3, 5)" in lines[5]["error"]

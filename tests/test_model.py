@@ -93,6 +93,20 @@ def test_device_and_server_halves_reproduce_the_full_forward() -> None:
     assert torch.allclose(model.server_forward(device.symbols, device.local_logits), full.logits, atol=1e-6)
 
 
+@pytest.mark.parametrize("arch", sorted(REMOTE_PREDICTORS))
+def test_serving_layout_gives_the_same_predictions(arch: str) -> None:
+    model = AgileNN(ModelConfig(remote_arch=arch)).eval()
+    device = model.device_forward(torch.rand(16, 1, 28, 28))
+    expected = model.server_forward(device.symbols, device.local_logits)
+    served = model.prepare_for_serving()
+    # Fails for the CNN without the conversion: its 3x3 kernels over many channels are NCHW.
+    # (1x1 and depthwise kernels are the same bytes in both layouts.)
+    assert all(p.is_contiguous(memory_format=torch.channels_last)
+               for p in served.remote_predictor.parameters() if p.dim() == 4)
+    assert not served.training
+    assert torch.allclose(served.server_forward(device.symbols, device.local_logits), expected, atol=1e-5)
+
+
 def test_channel_permutation_keeps_the_reference_function() -> None:
     model = AgileNN(ModelConfig(feature_channels=6)).eval()
     x = torch.rand(3, 1, 28, 28)

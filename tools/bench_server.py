@@ -7,6 +7,12 @@ throughput, latency percentiles and the server's batch sizes, side by side.
 The goal: batching >= 5x the batch-1 throughput, with p99 <= max_queue_delay
 + 2 x one batch's compute time.
 
+It also times the model alone in this process (``compute_ceiling``): the
+remote forward pass per sample at batch 1 against a full batch, with the
+server's thread count. No server can gain more from batching than that
+ratio, since every request also costs the same decode and reply work in both
+configurations.
+
     python tools/bench_server.py --devices 64
 """
 
@@ -22,6 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 import zmq
 
 from agilenn.codec import FeatureCodec
@@ -75,12 +82,33 @@ def _devices(endpoint: str, count: int, seconds: float, requests: list[bytes], r
     results.put((latencies, batches, computes, errors))
 
 
+def compute_ceiling(batch: int, threads: int, repeats: int = 50) -> dict[str, float]:
+    """Median per-sample time of the server's model call at batch 1 and at ``batch``."""
+    torch.set_num_threads(threads)
+    checkpoint = load_pretrained("mnist")
+    model = checkpoint.build_model().prepare_for_serving()  # as the server does
+    images, _ = load_mnist_sample().batch(slice(0, batch))
+    device = model.device_forward(images)
+    per_sample = {}
+    for size in (1, batch):
+        symbols, local = device.symbols[:size], device.local_logits[:size]
+        timings = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            model.server_forward(symbols, local)
+            timings.append(time.perf_counter() - started)
+        per_sample[size] = float(np.median(timings[5:])) / size
+    return {"batch_1_us_per_sample": round(per_sample[1] * 1e6, 1),
+            f"batch_{batch}_us_per_sample": round(per_sample[batch] * 1e6, 1),
+            "ratio": round(per_sample[1] / per_sample[batch], 2)}
+
+
 def run_config(max_batch: int, delay_us: int, devices: int, processes: int, seconds: float,
-               requests: list[bytes]) -> dict[str, Any]:
+               requests: list[bytes], torch_threads: int) -> dict[str, Any]:
     endpoint = free_loopback_endpoint()
     server = subprocess.Popen([sys.executable, "-m", "agilenn", "server", "--bind", endpoint,
                                "--max-batch-size", str(max_batch), "--max-queue-delay-us", str(delay_us),
-                               "--log-level", "WARNING"])
+                               "--torch-threads", str(torch_threads), "--log-level", "ERROR"])
     time.sleep(3.0)  # model load
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
@@ -114,15 +142,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--max-batch-size", type=int, default=64)
     parser.add_argument("--max-queue-delay-us", type=int, default=5000)
+    parser.add_argument("--torch-threads", type=int, default=1, help="the server's, in both configurations")
     args = parser.parse_args(argv)
     requests = _requests(256)
-    single = run_config(1, 0, args.devices, args.client_processes, args.seconds, requests)
+    single = run_config(1, 0, args.devices, args.client_processes, args.seconds, requests, args.torch_threads)
     batched = run_config(args.max_batch_size, args.max_queue_delay_us, args.devices, args.client_processes,
-                         args.seconds, requests)
+                         args.seconds, requests, args.torch_threads)
     p99_bound = args.max_queue_delay_us / 1e3 + 2 * batched["batch_compute_ms_mean"]
     print(json.dumps({"devices": args.devices, "batch_1": single, "dynamic": batched,
                       "speedup": round(batched["throughput_rps"] / single["throughput_rps"], 2),
-                      "p99_bound_ms": round(p99_bound, 2)}, indent=2))
+                      "p99_bound_ms": round(p99_bound, 2),
+                      "torch_threads": args.torch_threads,
+                      "compute_ceiling": compute_ceiling(args.max_batch_size, args.torch_threads)}, indent=2))
     return 0
 
 

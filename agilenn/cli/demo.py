@@ -4,6 +4,10 @@ Starts ``agilenn server`` and ``agilenn edge`` as real processes talking over
 real ZeroMQ sockets, with the ``serial-115200`` link emulator under the edge,
 on the pretrained model and the MNIST sample that ship in the package. Prints
 accuracy, latency percentiles, bytes per request and the fallback count.
+
+Then an MCU joins: a simulated MCU on one end of a real pty pair runs the
+device part itself and offloads through a second ``agilenn edge --serial``
+daemon (gateway mode) on the other end, to the same server.
 """
 
 from __future__ import annotations
@@ -24,10 +28,10 @@ import numpy as np
 
 from transports.zmq_transport import free_loopback_endpoint
 
-from .common import DEFAULT_MODEL, fail, print_json
+from .common import DEFAULT_MODEL, fail, load_checkpoint, print_json
 
 
-def _stop(process: subprocess.Popen[bytes]) -> int:
+def _stop(process: subprocess.Popen[Any]) -> int:
     """SIGTERM (a graceful stop), then SIGKILL if it does not exit in time."""
     process.terminate()
     try:
@@ -61,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--count", type=int, default=300)
     parser.add_argument("--link", default="serial-115200")
     parser.add_argument("--deadline-ms", type=float, default=500.0)
+    parser.add_argument("--mcu-count", type=int, default=30,
+                        help="inferences from the simulated MCU through the serial gateway (0: skip)")
     parser.add_argument("--json", action="store_true")
     return parser
 
@@ -81,6 +87,39 @@ def summarise(lines: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
     }
 
 
+def run_mcu(model: str, server: str, count: int) -> dict[str, Any]:
+    """A simulated MCU on a pty offloads ``count`` sample images through a gateway daemon."""
+    from agilenn.codec import FeatureCodec
+    from agilenn.data import load_mnist_sample
+    from edge_node.pairing import McuSimulator
+    from transports.arq import ArqConfig
+    from transports.reliable import ReliableLink
+    from transports.serial_pipe import open_pty
+
+    checkpoint = load_checkpoint(model)
+    network, codec = checkpoint.build_model(), FeatureCodec(checkpoint.codec)
+    images, labels = load_mnist_sample().batch(slice(0, count))
+    mcu_end, path = open_pty()
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "agilenn", "edge", "--serial", path, "--server", server],
+        stdout=subprocess.PIPE, text=True)
+    results = []
+    try:
+        with ReliableLink(mcu_end, ArqConfig.for_line_rate(11_520)) as link:
+            mcu = McuSimulator(link, "mcu-demo-0", "0.1.0", bytes.fromhex(checkpoint.model_hash))
+            results = [mcu.infer(network, codec, image, request_id=index + 1, timeout=10)
+                       for index, image in enumerate(images)]
+    finally:
+        gateway_exit = _stop(gateway)
+        with gateway:  # closes its stdout pipe
+            gateway_output = gateway.stdout.read() if gateway.stdout else ""
+    gateway_stats = json.loads(gateway_output or "{}")
+    correct = [label == int(truth) for (label, _), truth in zip(results, labels, strict=True)]
+    return {"requests": len(results), "accuracy": float(np.mean(correct)),
+            "offloaded": sum(source == "offloaded" for _, source in results),
+            "gateway": gateway_stats, "gateway_exit_code": gateway_exit}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     endpoint = free_loopback_endpoint()
@@ -88,19 +127,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     server = subprocess.Popen([*launcher, "server", "--model", args.model, "--bind", endpoint,
                                "--log-format", "text", "--log-level", "WARNING"])
+    mcu: dict[str, Any] = {}
     try:
-        with _terminate_raises():  # so a SIGTERM to the demo still stops both daemons
+        with _terminate_raises():  # so a SIGTERM to the demo still stops every daemon
             edge = subprocess.run(  # run() kills the edge if anything interrupts it
                 [*launcher, "edge", "--model", args.model, "--server", endpoint, "--link", args.link,
                  "--deadline-ms", str(args.deadline_ms), "--limit", str(args.count), "--timeout-s", "2"],
                 capture_output=True, text=True, timeout=300,
             )
+            if edge.returncode == 0 and args.mcu_count > 0:
+                mcu = run_mcu(args.model, endpoint, args.mcu_count)
     finally:
         server_exit = _stop(server)
     if edge.returncode != 0:
         return fail(f"edge node failed: {edge.stderr.strip()}")
     summary = summarise([json.loads(line) for line in edge.stdout.splitlines()], time.monotonic() - started)
-    summary.update({"link": args.link, "server_exit_code": server_exit})
+    summary.update({"link": args.link, "server_exit_code": server_exit, "mcu": mcu})
     if args.json:
         print_json(summary)
     else:
@@ -111,4 +153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"  bytes/request  {summary['bytes_up_mean']} up, {summary['bytes_down_mean']} down\n"
               f"  fallbacks    {summary['fallbacks']} {summary['fallback_reasons'] or ''}\n"
               f"  server exit  {server_exit}")
-    return 0 if server_exit == 0 else 1
+        if mcu:
+            print(f"{mcu['requests']} inferences from a simulated MCU on a pty, through the serial gateway\n"
+                  f"  accuracy     {mcu['accuracy']:.3f}\n"
+                  f"  offloaded    {mcu['offloaded']} (the rest answered locally on the MCU)\n"
+                  f"  gateway      {mcu['gateway']} exit {mcu['gateway_exit_code']}")
+    return 0 if server_exit == 0 and mcu.get("gateway_exit_code", 0) == 0 else 1

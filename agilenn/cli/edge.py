@@ -4,7 +4,8 @@ One JSON object per prediction on stdout: the index, the label when known,
 the predicted class, ``source`` (``offloaded`` or ``local-fallback``), the
 fallback ``reason``, the latency, the bytes on the link and the server's
 timings. Sources: ``mnist-sample`` (shipped), ``mnist`` (``--data-dir``), a
-folder of ``.npy`` images, or ``-`` for one ``.npy`` array of images on stdin.
+folder of images (PNG, JPEG, PGM, BMP or ``.npy``; converted to the model's
+channels and size), or ``-`` for one ``.npy`` array of images on stdin.
 
 Gateway mode (``--serial PORT --server ENDPOINT``): an MCU on the serial port
 runs the device part itself; its requests are relayed to the server and the
@@ -30,7 +31,8 @@ from transports.emulator import PROFILES
 from transports.reliable import open_serial_link
 
 from ..data import load_dataset
-from ..errors import AgileNNError
+from ..data.image_files import image_files, load_image_file
+from ..errors import AgileNNError, DataError
 from .common import DEFAULT_MODEL, fail
 
 
@@ -40,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--server", help="tcp://host:port of agilenn server (none: local only)")
     parser.add_argument("--source", default="mnist-sample",
-                        help="mnist-sample, mnist, a folder of .npy images, or - for stdin")
+                        help="mnist-sample, mnist, a folder of images (png, jpg, pgm, bmp, npy), "
+                             "or - for stdin")
     parser.add_argument("--data-dir")
     parser.add_argument("--limit", type=int, default=0)
     parser.add_argument("--link", choices=sorted(PROFILES), help="emulate this link under the client")
@@ -69,19 +72,26 @@ def _gateway(args: argparse.Namespace) -> int:
     return 0
 
 
-def _images(source: str, data_dir: str | None) -> Iterator[tuple[np.ndarray, int | None]]:
+Item = tuple[np.ndarray | None, int | None, str]  # image, label, why it could not be read
+
+
+def _images(source: str, data_dir: str | None, channels: int, size: int) -> Iterator[Item]:
     if source in ("mnist", "mnist-sample"):
         dataset = load_dataset(source, "test", data_dir)
-        yield from ((image, int(label)) for image, label in zip(dataset.images, dataset.labels, strict=True))
+        for image, label in zip(dataset.images, dataset.labels, strict=True):
+            yield image, int(label), ""
     elif source == "-":
         for image in np.load(io.BytesIO(sys.stdin.buffer.read()), allow_pickle=False):
-            yield image, None
+            yield image, None, ""
     else:
         folder = Path(source)
         if not folder.is_dir():
             raise AgileNNError(f"source {source!r} is neither a known dataset nor a folder")
-        for path in sorted(folder.glob("*.npy")):
-            yield np.load(path, allow_pickle=False), None
+        for path in image_files(folder):
+            try:
+                yield load_image_file(path, channels, size), None, ""
+            except DataError as exc:  # one bad file is reported, the rest still run
+                yield None, None, str(exc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -95,9 +105,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         client = EdgeClient(args.model, server=args.server, deadline_ms=args.deadline_ms, link=args.link,
                             device_id=args.device_id, timeout_s=args.timeout_s)
         with client:
-            for index, (image, label) in enumerate(_images(args.source, args.data_dir)):
+            config = client.model.config
+            images = _images(args.source, args.data_dir, config.in_channels, config.image_size)
+            for index, (image, label, error) in enumerate(images):
                 if args.limit and index >= args.limit:
                     break
+                if image is None:
+                    print(json.dumps({"index": index, "label": label, "error": error}), flush=True)
+                    continue
                 prediction = client.infer(image)
                 print(json.dumps({
                     "index": index, "label": label, "predicted": prediction.label,
