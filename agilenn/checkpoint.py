@@ -36,8 +36,13 @@ def model_hash(
 
     Anything that changes what the server must do with a payload changes the hash.
     """
+    return content_hash([config.to_dict(), codec.to_dict()], state_dict)
+
+
+def content_hash(header: object, state_dict: Mapping[str, Tensor]) -> str:
+    """SHA-256 over a msgpack-able header and every tensor, in canonical order."""
     digest = hashlib.sha256()
-    digest.update(msgpack.packb([config.to_dict(), codec.to_dict()], use_bin_type=True))
+    digest.update(msgpack.packb(header, use_bin_type=True))
     for name in sorted(state_dict):
         tensor = state_dict[name].detach().cpu().contiguous()
         digest.update(msgpack.packb([name, str(tensor.dtype), list(tensor.shape)]))
@@ -104,25 +109,12 @@ class Checkpoint:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Checkpoint:
-        try:
-            with warnings.catch_warnings():
-                # torch only warns about some malformed pickles; treat them as bad.
-                warnings.simplefilter("error")
-                raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch.load raises a dozen types on garbage bytes
-            raise CheckpointError(f"not a readable agilenn checkpoint: {exc}") from exc
-        if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
-            raise CheckpointError("not an agilenn checkpoint (format marker missing)")
-        version = raw.get("format_version")
-        if version != FORMAT_VERSION:
-            raise CheckpointError(
-                f"checkpoint format version {version}; this agilenn reads version {FORMAT_VERSION}"
-            )
+        raw = read_weights_only(data, FORMAT_NAME, FORMAT_VERSION)
         try:
             checkpoint = cls(
                 ModelConfig.from_dict(raw["config"]),
                 _codec_from_storable(raw["codec"]),
-                _tensors_only(raw["state_dict"]),
+                tensors_only(raw["state_dict"]),
                 dict(json.loads(raw["metadata_json"])),
             )
         except (KeyError, TypeError, ValueError) as exc:  # JSONDecodeError is a ValueError
@@ -153,7 +145,25 @@ def _codec_from_storable(values: Mapping[str, Any]) -> CodecSettings:
     return CodecSettings.from_dict(stored)
 
 
-def _tensors_only(state: Any) -> dict[str, Tensor]:
+def read_weights_only(data: bytes, format_name: str, format_version: int) -> dict[str, Any]:
+    """``torch.load`` in weights-only mode, checked for the format marker and version."""
+    try:
+        with warnings.catch_warnings():
+            # torch only warns about some malformed pickles; treat them as bad.
+            warnings.simplefilter("error")
+            raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises a dozen types on garbage bytes
+        raise CheckpointError(f"not a readable {format_name} file: {exc}") from exc
+    if not isinstance(raw, dict) or raw.get("format") != format_name:
+        raise CheckpointError(f"not a {format_name} file (format marker missing)")
+    version = raw.get("format_version")
+    if version != format_version:
+        raise CheckpointError(f"{format_name} format version {version}; this agilenn reads version "
+                              f"{format_version}")
+    return raw
+
+
+def tensors_only(state: Any) -> dict[str, Tensor]:
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
     ):

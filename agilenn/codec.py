@@ -91,37 +91,60 @@ def _unpack_bits(body: bytes, count: int, bits: int) -> np.ndarray:
     return (flat.reshape(count, bits) * weights).sum(axis=1).astype(np.uint8)
 
 
-class FeatureCodec:
-    """``encode(symbols) -> bytes`` and ``decode(bytes) -> symbols`` for one model.
+class ZstdFrames:
+    """Magic-less zstd frames with no checksum, content size or dictionary id.
 
-    zstd contexts are not thread-safe and cost far more to create than to use
-    on a 100-byte payload, so each thread keeps its own pair.
+    Those fields cost 4-12 bytes a frame, which matters on a slow link; the
+    receiver knows the size from its own header. zstd contexts are not
+    thread-safe and cost far more to create than to use on a 100-byte
+    payload, so each thread keeps its own pair.
     """
 
-    def __init__(self, settings: CodecSettings) -> None:
-        self.settings = settings
-        self._layout_code = LAYOUTS[settings.layout]
+    def __init__(self, level: int, dictionary: bytes = b"") -> None:
+        self.level = level
+        self.dictionary = dictionary
         self._local = threading.local()
 
     def _contexts(self) -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
         contexts = getattr(self._local, "contexts", None)
         if contexts is None:
-            dictionary = (
-                zstandard.ZstdCompressionDict(self.settings.dictionary)
-                if self.settings.dictionary else None
-            )
+            dictionary = zstandard.ZstdCompressionDict(self.dictionary) if self.dictionary else None
             params = zstandard.ZstdCompressionParameters.from_level(
-                self.settings.level, format=_ZSTD_FORMAT,
-                write_checksum=0, write_content_size=0, write_dict_id=0,
+                self.level, format=_ZSTD_FORMAT, write_checksum=0, write_content_size=0, write_dict_id=0,
             )
             contexts = (
                 zstandard.ZstdCompressor(dict_data=dictionary, compression_params=params),
-                zstandard.ZstdDecompressor(
-                    dict_data=dictionary, format=_ZSTD_FORMAT
-                ),
+                zstandard.ZstdDecompressor(dict_data=dictionary, format=_ZSTD_FORMAT),
             )
             self._local.contexts = contexts
         return contexts
+
+    def compress(self, data: bytes) -> bytes:
+        return self._contexts()[0].compress(data)
+
+    def decompress(self, frame: bytes, size: int) -> bytes:
+        """Exactly ``size`` bytes back, or :class:`CodecError`."""
+        try:
+            # zstd allocates whatever size a frame declares, ignoring
+            # max_output_size, so a forged declaration must be refused first.
+            declared = zstandard.get_frame_parameters(frame, format=_ZSTD_FORMAT).content_size
+            if declared not in (zstandard.CONTENTSIZE_UNKNOWN, size):
+                raise CodecError(f"zstd frame declares {declared} bytes, header promises {size}")
+            body = self._contexts()[1].decompress(frame, max_output_size=size, allow_extra_data=False)
+        except zstandard.ZstdError as exc:
+            raise CodecError(f"corrupt zstd body: {exc}") from exc
+        if len(body) != size:
+            raise CodecError(f"body decodes to {len(body)} bytes, header promises {size}")
+        return body
+
+
+class FeatureCodec:
+    """``encode(symbols) -> bytes`` and ``decode(bytes) -> symbols`` for one model."""
+
+    def __init__(self, settings: CodecSettings) -> None:
+        self.settings = settings
+        self._layout_code = LAYOUTS[settings.layout]
+        self._frames = ZstdFrames(settings.level, settings.dictionary)
 
     def encode(self, symbols: np.ndarray) -> bytes:
         """Encode one sample's symbols, shape (channels, height, width)."""
@@ -134,7 +157,7 @@ class FeatureCodec:
         header = bytearray((_MARKER | FORMAT_VERSION, self._layout_code | (bits - 1) << 2))
         for dim in symbols.shape:
             _write_varint(dim, header)
-        return bytes(header) + self._contexts()[0].compress(self.raw_body(symbols))
+        return bytes(header) + self._frames.compress(self.raw_body(symbols))
 
     def raw_body(self, symbols: np.ndarray) -> bytes:
         """The uncompressed body of ``encode``: what a zstd dictionary is trained on."""
@@ -149,20 +172,7 @@ class FeatureCodec:
             raise CodecError(f"payload must be bytes, not {type(payload).__name__}")
         data = bytes(payload)
         shape, body_size, pos = self._parse_header(data)
-        frame = data[pos:]
-        try:
-            # zstd allocates whatever size a frame declares, ignoring
-            # max_output_size, so a forged declaration must be refused first.
-            declared = zstandard.get_frame_parameters(frame, format=_ZSTD_FORMAT).content_size
-            if declared not in (zstandard.CONTENTSIZE_UNKNOWN, body_size):
-                raise CodecError(f"zstd frame declares {declared} bytes, header promises {body_size}")
-            body = self._contexts()[1].decompress(
-                frame, max_output_size=body_size, allow_extra_data=False
-            )
-        except zstandard.ZstdError as exc:
-            raise CodecError(f"corrupt zstd body: {exc}") from exc
-        if len(body) != body_size:
-            raise CodecError(f"body decodes to {len(body)} bytes, header promises {body_size}")
+        body = self._frames.decompress(data[pos:], body_size)
         count = int(np.prod(shape))
         if self._layout_code == LAYOUT_BYTES:
             flat = np.frombuffer(body, dtype=np.uint8)

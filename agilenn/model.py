@@ -77,8 +77,12 @@ class AgileNN(nn.Module):
     @torch.no_grad()
     def server_forward(self, symbols: Tensor, local_logits: Tensor) -> Tensor:
         """Everything the server runs: dequantize, remote predictor, merge."""
-        remote_logits = self.remote_predictor(self.quantizer.dequantize(symbols))
-        return self.merge(local_logits, remote_logits)
+        return self.merge(local_logits, self.remote_logits(symbols))
+
+    @torch.no_grad()
+    def remote_logits(self, symbols: Tensor) -> Tensor:
+        """The remote predictor on dequantized symbols, before the merge."""
+        return self.remote_predictor(self.quantizer.dequantize(symbols))
 
     def prepare_for_serving(self) -> AgileNN:
         """Eval mode, and the remote predictor's weights in channels-last layout.

@@ -1,9 +1,14 @@
 """``EdgeClient``: run the device part here, offload the rest, fall back in time.
 
-``infer(x)`` always answers: with the merged prediction from the server when
-the link allows, otherwise with the local predictor's, flagged
-``local-fallback`` with the reason (no server, predicted or actual deadline
-miss, server error, link down).
+``infer(x)`` always answers: with the merged prediction when the link
+allows, otherwise with the local predictor's, flagged ``local-fallback`` with
+the reason (no server, predicted or actual deadline miss, server error, link
+down).
+
+By default the local logits stay here: the server sends back its remote
+logits and this client merges them with the model's learned weights
+(``merge="device"``), which keeps 24 bytes a request off the uplink.
+``merge="server"`` sends the local logits and lets the server merge.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import zmq
 from agilenn.cli.common import load_checkpoint
 from agilenn.codec import FeatureCodec
 from transports.curve import CurveClientConfig
-from transports.emulator import EmulatedTransport, LinkProfile, get_profile
+from transports.emulator import EmulatedTransport, LinkProfile, TimedTransport, get_profile
 from transports.errors import TransportError
 from transports.messages import (
     Message,
@@ -50,7 +55,10 @@ class Prediction:
     latency_ms: float = 0.0
     bytes_up: int = 0
     bytes_down: int = 0
+    # The server's queue_ms, compute_ms and batch; this side's device, encode, transmit (the send:
+    # on an emulated link its serialisation and delay), round_trip (transmit included) and merge.
     timings_ms: dict[str, float] = field(default_factory=dict)
+    stages_ms: dict[str, float] = field(default_factory=dict)
 
 
 class LinkEstimator:
@@ -74,11 +82,21 @@ class LinkEstimator:
         return float((y - slope * x) / n + slope * size)
 
 
+def server_timings_ms(compact: dict[str, float]) -> dict[str, float]:
+    """The reply's ``tm`` (whole microseconds under one-letter keys) in readable milliseconds."""
+    names = {"q": "queue_ms", "s": "compute_ms"}
+    return {names.get(key, "batch" if key == "b" else key): value / 1e3 if key in names else value
+            for key, value in compact.items()}
+
+
 class EdgeClient:
     def __init__(self, model: str = "pretrained:mnist", server: str | None = None,
                  deadline_ms: float | None = None, link: str | LinkProfile | None = None,
                  device_id: str = "edge-0", timeout_s: float = 1.0,
-                 curve: CurveClientConfig | None = None, seed: int = 0) -> None:
+                 curve: CurveClientConfig | None = None, seed: int = 0, merge: str = "device") -> None:
+        if merge not in ("device", "server"):
+            raise ValueError(f"merge must be 'device' or 'server', not {merge!r}")
+        self.merge_on_device = merge == "device"
         checkpoint = load_checkpoint(model)
         self.model = checkpoint.build_model()
         self.codec = FeatureCodec(checkpoint.codec)
@@ -98,8 +116,8 @@ class EdgeClient:
             if link is not None:
                 profile = get_profile(link) if isinstance(link, str) else link
                 transport = EmulatedTransport(transport, profile, seed=seed)
-            self._transport = transport
-            self._requester = Requester(transport, timeout=timeout_s, attempts=1)
+            self._transport = TimedTransport(transport)
+            self._requester = Requester(self._transport, timeout=timeout_s, attempts=1)
 
     def infer(self, image: np.ndarray | torch.Tensor) -> Prediction:
         """Classify one image (C, H, W): uint8 in [0, 255] or float in [0, 1]."""
@@ -108,21 +126,27 @@ class EdgeClient:
             x = torch.tensor(np.asarray(image))  # a copy: read-only arrays (PIL, mmap) are fine
             x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
             device = self.model.device_forward(x.unsqueeze(0))
-            local = torch.softmax(device.local_logits[0], dim=0).numpy()
+            local_logits = device.local_logits[0]
+            local = torch.softmax(local_logits, dim=0).numpy()
             if self._requester is None:
                 return self._local(local, "no server configured", started)
+            encoding = time.monotonic()
             request_id = next(self._ids) % 2**32
-            wire = encode_message(Message(
-                MessageType.INFER_REQUEST, request_id, self.device_id, self.model_hash,
-                {"p": self.codec.encode(device.symbols[0].numpy()),
-                 "l": logits_to_bytes(device.local_logits[0].numpy())}))
-            return self._offload(wire, request_id, local, started)
+            body = {"p": self.codec.encode(device.symbols[0].numpy())}
+            if not self.merge_on_device:
+                body["l"] = logits_to_bytes(local_logits.numpy())
+            wire = encode_message(Message(MessageType.INFER_REQUEST, request_id, self.device_id,
+                                          self.model_hash, body))
+            stages = {"device": encoding - started, "encode": time.monotonic() - encoding}
+            return self._offload(wire, request_id, local_logits, stages, started)
 
     async def ainfer(self, image: np.ndarray | torch.Tensor) -> Prediction:
         return await asyncio.get_running_loop().run_in_executor(None, self.infer, image)
 
-    def _offload(self, wire: bytes, request_id: int, local: np.ndarray, started: float) -> Prediction:
+    def _offload(self, wire: bytes, request_id: int, local_logits: torch.Tensor, stages: dict[str, float],
+                 started: float) -> Prediction:
         assert self._requester is not None
+        local = torch.softmax(local_logits, dim=0).numpy()
         timeout = self.timeout_s
         if self.deadline_ms is not None:
             remaining = self.deadline_ms / 1e3 - (time.monotonic() - started)
@@ -144,19 +168,33 @@ class EdgeClient:
             with contextlib.suppress(TransportError, zmq.ZMQError):
                 self._transport.reconnect()
             return self._local(local, f"link: {exc}", started)
-        self.estimator.observe(len(wire) + len(data), time.monotonic() - sent)
+        received = time.monotonic()
+        self.estimator.observe(len(wire) + len(data), received - sent)
         self._reply_bytes = 0.8 * self._reply_bytes + 0.2 * len(data) if self._reply_bytes else len(data)
         reply = decode_message(data)
         if reply.type is MessageType.ERROR:
             return self._local(local, f"server: {reply.body['code']}: {reply.body['reason']}", started)
-        if reply.type is not MessageType.INFER_REPLY or len(reply.body["pr"]) != 2 * self.num_classes:
-            return self._local(local, f"server: unexpected {reply.type.name} reply", started)
-        elapsed_ms = 1e3 * (time.monotonic() - started)
+        expected = "lg" if self.merge_on_device else "pr"
+        if (reply.type is not MessageType.INFER_REPLY
+                or len(reply.body.get(expected, b"")) != 2 * self.num_classes):
+            return self._local(local, f"server: unexpected {reply.type.name} reply (no {expected!r})",
+                               started)
+        if self.merge_on_device:
+            remote = torch.from_numpy(logits_from_bytes(reply.body["lg"]))
+            with torch.no_grad():
+                probabilities = torch.softmax(self.model.merge(local_logits, remote), dim=0).numpy()
+        else:
+            probabilities = logits_from_bytes(reply.body["pr"])
+        finished = time.monotonic()
+        elapsed_ms = 1e3 * (finished - started)
         if self.deadline_ms is not None and elapsed_ms > self.deadline_ms:
             return self._local(local, f"deadline: reply came after {elapsed_ms:.1f} ms", started)
-        probabilities = logits_from_bytes(reply.body["pr"])
-        return Prediction(int(reply.body["c"]), probabilities, OFFLOADED, latency_ms=elapsed_ms,
-                          bytes_up=len(wire), bytes_down=len(data), timings_ms=dict(reply.body["tm"]))
+        stages.update(transmit=self._transport.last_send_seconds, round_trip=received - sent,
+                      merge=finished - received)
+        return Prediction(int(probabilities.argmax()), probabilities, OFFLOADED, latency_ms=elapsed_ms,
+                          bytes_up=len(wire), bytes_down=len(data),
+                          timings_ms=server_timings_ms(reply.body["tm"]),
+                          stages_ms={name: 1e3 * seconds for name, seconds in stages.items()})
 
     def _local(self, probabilities: np.ndarray, reason: str, started: float) -> Prediction:
         return Prediction(int(probabilities.argmax()), probabilities, LOCAL_FALLBACK, reason,

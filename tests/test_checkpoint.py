@@ -239,7 +239,7 @@ def _random_blob(seed: int, size: int) -> bytes:
     ids=["empty", "zeros", "text", "zip-magic", "random-4k", "random-17", "pickle-2-header"],
 )
 def test_random_bytes(data: bytes) -> None:
-    with pytest.raises(CheckpointError, match="not a readable agilenn checkpoint") as info:
+    with pytest.raises(CheckpointError, match="not a readable agilenn.checkpoint file") as info:
         Checkpoint.from_bytes(data)
     assert isinstance(info.value, AgileNNError)
 

@@ -111,9 +111,10 @@ def test_the_client_probes_again_after_a_deadline_fallback(server: RemoteServer)
     import time
 
     with EdgeClient(server=server.endpoint, deadline_ms=5_000) as client:
-        client.infer(IMAGES.images[7])
-        client.estimator.observe(200, 10.0)  # as if the link had been very slow
-        client.estimator.observe(200, 10.0)
+        first = client.infer(IMAGES.images[7])
+        size = first.bytes_up + first.bytes_down
+        client.estimator.observe(size, 10.0)  # as if the link had been very slow
+        client.estimator.observe(size, 10.0)
         assert client.infer(IMAGES.images[8]).source == LOCAL_FALLBACK
         time.sleep(1.1)  # past the probe interval
         assert client.infer(IMAGES.images[9]).source == OFFLOADED

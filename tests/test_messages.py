@@ -132,9 +132,11 @@ def timings() -> st.SearchStrategy[dict[str, int | float]]:
 
 
 BODIES: dict[MessageType, st.SearchStrategy[dict[str, Any]]] = {
-    MessageType.INFER_REQUEST: st.fixed_dictionaries({"p": st.binary(max_size=600), "l": float16_bytes()}),
+    MessageType.INFER_REQUEST: st.fixed_dictionaries({"p": st.binary(max_size=600)},
+                                                     optional={"l": float16_bytes()}),
     MessageType.INFER_REPLY: st.fixed_dictionaries(
-        {"c": unsigned(MAX_CLASSES - 1), "pr": float16_bytes(), "tm": timings()}
+        {"c": unsigned(MAX_CLASSES - 1), "tm": timings()},
+        optional={"pr": float16_bytes(), "lg": float16_bytes()}
     ),
     MessageType.ERROR: st.fixed_dictionaries({"code": text_within(32), "reason": text_within(512)}),
     MessageType.PING: st.just({}),
@@ -300,11 +302,23 @@ def test_unknown_type_code(type_code: Any) -> None:
 
 def test_missing_body_field_is_named() -> None:
     body = infer_body()
-    del body["l"]
-    with pytest.raises(MalformedMessage, match=r"missing \['l'\]"):
+    del body["p"]
+    with pytest.raises(MalformedMessage, match=r"missing \['p'\]"):
         decode_message(pack(raw(MessageType.INFER_REQUEST, body)))
-    with pytest.raises(MalformedMessage, match=r"missing \['l'\]"):
+    with pytest.raises(MalformedMessage, match=r"missing \['p'\]"):
         encode_message(Message(MessageType.INFER_REQUEST, 0, "d", body=body))
+
+
+def test_optional_fields_may_be_left_out_but_are_still_checked() -> None:
+    body = infer_body()
+    del body["l"]  # the device merges: no local logits on the uplink
+    assert decode_message(encode_message(Message(MessageType.INFER_REQUEST, 1, "d", body=body))).body == body
+    reply = {"c": 3, "lg": b"\x00\x3c" * 10, "tm": {"q": 5}}
+    assert decode_message(encode_message(Message(MessageType.INFER_REPLY, 1, "d", body=reply))).body == reply
+    with pytest.raises(NonFiniteValue, match="INFER_REPLY.lg"):
+        decode_message(pack(raw(MessageType.INFER_REPLY, {**reply, "lg": b"\x00\x7c"})))
+    with pytest.raises(MalformedMessage, match=r"unexpected \['x'\]"):
+        decode_message(pack(raw(MessageType.INFER_REPLY, {**reply, "x": 1})))
 
 
 def test_extra_body_field_is_named() -> None:

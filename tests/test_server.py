@@ -75,7 +75,24 @@ def test_a_request_gets_the_merged_prediction(server: RemoteServer) -> None:
     expected = torch.softmax(MODEL.server_forward(device.symbols, device.local_logits), 1)[0].numpy()
     assert reply.body["c"] == int(labels[0]) == int(expected.argmax())
     assert np.allclose(logits_from_bytes(reply.body["pr"]), expected, atol=2e-3)
-    assert {"queue_ms", "compute_ms", "batch"} <= set(reply.body["tm"])
+    timings = reply.body["tm"]
+    assert set(timings) == {"q", "s", "b"} and timings["b"] == 1
+    assert all(type(value) is int and value >= 0 for value in timings.values())  # whole microseconds
+
+
+def test_without_local_logits_the_reply_carries_remote_logits_for_the_device_to_merge(
+    server: RemoteServer
+) -> None:
+    request = _request(0)
+    body = {"p": request.body["p"]}
+    reply = _ask(server.endpoint, encode_message(request._replace(request_id=7, body=body)), 7)
+    assert reply.type is MessageType.INFER_REPLY and "pr" not in reply.body
+    images, labels = SAMPLE.batch(slice(0, 1))
+    device = MODEL.device_forward(images)
+    remote = MODEL.remote_logits(device.symbols)[0]
+    assert np.allclose(logits_from_bytes(reply.body["lg"]), remote.numpy(), atol=2e-2)
+    merged = MODEL.merge(device.local_logits[0], torch.from_numpy(logits_from_bytes(reply.body["lg"])))
+    assert int(merged.argmax()) == int(labels[0])
 
 
 def _raw(*items: object) -> bytes:
@@ -137,8 +154,8 @@ def test_concurrent_devices_are_batched(server: RemoteServer) -> None:
     for thread in threads:
         thread.join()
     assert len(replies) == 16 and all(r.type is MessageType.INFER_REPLY for r in replies)
-    assert max(r.body["tm"]["batch"] for r in replies) > 1
-    assert all(r.body["tm"]["batch"] <= 8 for r in replies)
+    assert max(r.body["tm"]["b"] for r in replies) > 1
+    assert all(r.body["tm"]["b"] <= 8 for r in replies)
     assert sum(r.body["c"] == SAMPLE.labels[r.request_id - 1000] for r in replies) >= 15
 
 
@@ -184,8 +201,8 @@ def test_server_daemon_stops_cleanly_on_sigterm() -> None:
     )
     try:
         assert process.stderr is not None
-        line = process.stderr.readline()  # the "serving model ..." log line
-        assert "serving model" in line, line
+        line = process.stderr.readline()  # the "serving agilenn HASH ..." log line
+        assert "serving agilenn cca630480292b6c0" in line, line
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
         assert "stopped" in process.stderr.read()
@@ -202,17 +219,17 @@ def test_remote_server_reports_a_model_that_cannot_load(tmp_path: pytest.TempPat
 def test_a_failing_batch_is_answered_and_the_server_keeps_serving(monkeypatch: pytest.MonkeyPatch) -> None:
     """Review finding: one exception in the model killed the loop, leaving requests unanswered."""
     with RemoteServer(max_batch_size=4, max_queue_delay_us=1000) as server:
-        model = server.server.model
-        real_forward = model.server_forward
+        model = server.server.served.model  # type: ignore[attr-defined]
+        real_remote = model.remote_logits
         calls = {"n": 0}
 
-        def fail_once(symbols: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
+        def fail_once(symbols: torch.Tensor) -> torch.Tensor:
             calls["n"] += 1
             if calls["n"] == 1:
                 raise RuntimeError("simulated out-of-memory")  # a fault no input can produce
-            return real_forward(symbols, local)
+            return real_remote(symbols)
 
-        monkeypatch.setattr(model, "server_forward", fail_once)
+        monkeypatch.setattr(model, "remote_logits", fail_once)
         first = _ask(server.endpoint, encode_message(_request(0, 3000)), 3000)
         second = _ask(server.endpoint, encode_message(_request(1, 3001)), 3001)
     assert first.type is MessageType.ERROR and first.body["code"] == "internal"

@@ -299,6 +299,35 @@ class MessageTransport(Protocol):
     def close(self) -> None: ...
 
 
+class TimedTransport:
+    """A client transport that remembers how long its last ``send`` took.
+
+    Under an :class:`EmulatedTransport` that is the uplink's serialisation and
+    delay: the "transmit" stage of a request.
+    """
+
+    def __init__(self, inner: MessageTransport) -> None:
+        self._inner = inner
+        self.endpoint = inner.endpoint
+        self.last_send_seconds = 0.0
+
+    def send(self, message: bytes) -> None:
+        started = time.monotonic()
+        try:
+            self._inner.send(message)
+        finally:
+            self.last_send_seconds = time.monotonic() - started
+
+    def recv(self, timeout: float) -> bytes | None:
+        return self._inner.recv(timeout)
+
+    def reconnect(self) -> None:
+        self._inner.reconnect()
+
+    def close(self) -> None:
+        self._inner.close()
+
+
 class EmulatedTransport:
     """A client transport whose messages cross an emulated link both ways.
 

@@ -157,14 +157,14 @@ MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_CLASSES = 1024
 MAX_CHUNK_BYTES = 16 * 1024
 
-# type -> {field: check}. Every listed field is required; no others are allowed.
-# The per-inference messages use one- or two-letter keys because every byte
-# costs 87 us on a 115200-baud link: p = feature payload, l = local logits
-# (float16), c = class, pr = probabilities (float16), tm = server timings (ms).
+# type -> {field: check}. Every listed field is required; besides them only
+# the type's OPTIONAL_FIELDS are allowed. The per-inference messages use one-
+# or two-letter keys because every byte costs 87 us on a 115200-baud link:
+# p = payload, l = local logits (float16), c = class, pr = probabilities
+# (float16), lg = remote logits (float16), tm = server timings.
 BODY_SCHEMAS: dict[MessageType, dict[str, Check]] = {
-    MessageType.INFER_REQUEST: {"p": _binary(MAX_PAYLOAD_BYTES), "l": _float16_array(MAX_CLASSES)},
-    MessageType.INFER_REPLY: {"c": _unsigned(MAX_CLASSES - 1), "pr": _float16_array(MAX_CLASSES),
-                              "tm": _durations},
+    MessageType.INFER_REQUEST: {"p": _binary(MAX_PAYLOAD_BYTES)},
+    MessageType.INFER_REPLY: {"c": _unsigned(MAX_CLASSES - 1), "tm": _durations},
     MessageType.ERROR: {"code": _text(32), "reason": _text(512)},
     MessageType.PING: {},
     MessageType.PONG: {},
@@ -177,6 +177,13 @@ BODY_SCHEMAS: dict[MessageType, dict[str, Check]] = {
     MessageType.COMMIT_REPLY: {"accepted": _boolean, "reason": _text(256)},
 }
 
+
+# Without "l" the device keeps its local logits and merges itself; the reply
+# then carries the remote logits "lg" instead of the merged "pr".
+OPTIONAL_FIELDS: dict[MessageType, dict[str, Check]] = {
+    MessageType.INFER_REQUEST: {"l": _float16_array(MAX_CLASSES)},
+    MessageType.INFER_REPLY: {"pr": _float16_array(MAX_CLASSES), "lg": _float16_array(MAX_CLASSES)},
+}
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -197,6 +204,9 @@ _request_id = _unsigned(MAX_REQUEST_ID)
 _device_id = _text(MAX_DEVICE_ID_BYTES)
 _model_hash = _binary(MODEL_HASH_BYTES, exact=True)
 _SCHEMA_FIELDS = {kind: frozenset(schema) for kind, schema in BODY_SCHEMAS.items()}
+_ALLOWED_FIELDS = {kind: fields | frozenset(OPTIONAL_FIELDS.get(kind, {}))
+                   for kind, fields in _SCHEMA_FIELDS.items()}
+_ALL_CHECKS = {kind: {**schema, **OPTIONAL_FIELDS.get(kind, {})} for kind, schema in BODY_SCHEMAS.items()}
 
 
 def _listed(keys: set[Any] | frozenset[Any]) -> str:
@@ -219,13 +229,15 @@ def _validate(message: Message) -> None:
     body = message.body
     if not isinstance(body, Mapping):
         raise MalformedMessage("body must be a map")
-    if body.keys() != _SCHEMA_FIELDS[message.type]:
-        schema = _SCHEMA_FIELDS[message.type]
-        raise MalformedMessage(f"{message.type.name} body: missing {_listed(schema - set(body))}, "
-                               f"unexpected {_listed(set(body) - schema)}")
-    for name, check in BODY_SCHEMAS[message.type].items():
+    keys = body.keys()
+    required, allowed = _SCHEMA_FIELDS[message.type], _ALLOWED_FIELDS[message.type]
+    if not (keys >= required and keys <= allowed):
+        raise MalformedMessage(f"{message.type.name} body: missing {_listed(required - set(body))}, "
+                               f"unexpected {_listed(set(body) - allowed)}")
+    checks = _ALL_CHECKS[message.type]
+    for name in keys:
         try:
-            check(body[name])
+            checks[name](body[name])
         except ProtocolError as exc:
             raise type(exc)(f"{message.type.name}.{name} {exc}") from None
 
@@ -322,8 +334,12 @@ def error_reply(request: Message | None, error: ProtocolError | str, reason: str
 
 
 def logits_to_bytes(values: np.ndarray) -> bytes:
-    """Little-endian float16: 2 bytes a class on the wire, plenty for logits."""
-    return np.asarray(values, dtype="<f2").tobytes()
+    """Little-endian float16: 2 bytes a class on the wire, plenty for logits.
+
+    Values beyond float16's range are clipped to it rather than becoming
+    infinity, which the receiver would refuse; NaN stays NaN and is refused.
+    """
+    return np.clip(np.asarray(values, dtype=np.float32), -65504.0, 65504.0).astype("<f2").tobytes()
 
 
 def logits_from_bytes(data: bytes) -> np.ndarray:

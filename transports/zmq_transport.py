@@ -27,6 +27,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
 from .curve import CurveClientConfig, CurveServerConfig, configure_client, configure_server
+from .emulator import MessageTransport
 from .curve import start_authenticator
 from .errors import DeliveryFailed, PeerUnreachable, QueueFull, RequestTimeout, TransportClosed
 from .errors import TransportError
@@ -280,7 +281,7 @@ class Requester:
     through it.
     """
 
-    def __init__(self, client: ZmqClientTransport, *, timeout: float = 1.0, attempts: int = 3,
+    def __init__(self, client: MessageTransport, *, timeout: float = 1.0, attempts: int = 3,
                  backoff_initial: float = 0.05, backoff_max: float = 2.0) -> None:
         if timeout <= 0 or attempts < 1 or backoff_initial < 0 or backoff_max < backoff_initial:
             raise ValueError("need timeout > 0, attempts >= 1 and 0 <= backoff_initial <= backoff_max")

@@ -22,6 +22,7 @@ COMMANDS = {
     "mcu-sim": ("agilenn.cli.mcu_sim", "a simulated MCU on a pty, for pairing and demos"),
     "edge": ("agilenn.cli.edge", "run the device part on images, offload, print JSON lines"),
     "demo": ("agilenn.cli.demo", "server + edge on loopback over an emulated serial link"),
+    "bench": ("agilenn.cli.bench", "end-to-end latency of AgileNN against the alternatives, per stage"),
     "keygen": ("agilenn.cli.keygen", "write CURVE key pairs for servers and devices"),
 }
 

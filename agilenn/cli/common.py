@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,3 +37,14 @@ def print_json(value: dict[str, Any]) -> None:
 def fail(message: str) -> int:
     print(f"agilenn: error: {message}", file=sys.stderr)
     return 2
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float = 30.0) -> int:
+    """SIGTERM (a graceful stop), then SIGKILL if it does not exit in time; the exit code."""
+    process.terminate()
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return -signal.SIGKILL

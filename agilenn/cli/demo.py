@@ -28,18 +28,7 @@ import numpy as np
 
 from transports.zmq_transport import free_loopback_endpoint
 
-from .common import DEFAULT_MODEL, fail, load_checkpoint, print_json
-
-
-def _stop(process: subprocess.Popen[Any]) -> int:
-    """SIGTERM (a graceful stop), then SIGKILL if it does not exit in time."""
-    process.terminate()
-    try:
-        return process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        return -signal.SIGKILL
+from .common import DEFAULT_MODEL, fail, load_checkpoint, print_json, stop_process
 
 
 @contextlib.contextmanager
@@ -110,7 +99,7 @@ def run_mcu(model: str, server: str, count: int) -> dict[str, Any]:
             results = [mcu.infer(network, codec, image, request_id=index + 1, timeout=10)
                        for index, image in enumerate(images)]
     finally:
-        gateway_exit = _stop(gateway)
+        gateway_exit = stop_process(gateway)
         with gateway:  # closes its stdout pipe
             gateway_output = gateway.stdout.read() if gateway.stdout else ""
     gateway_stats = json.loads(gateway_output or "{}")
@@ -138,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if edge.returncode == 0 and args.mcu_count > 0:
                 mcu = run_mcu(args.model, endpoint, args.mcu_count)
     finally:
-        server_exit = _stop(server)
+        server_exit = stop_process(server)
     if edge.returncode != 0:
         return fail(f"edge node failed: {edge.stderr.strip()}")
     summary = summarise([json.loads(line) for line in edge.stdout.splitlines()], time.monotonic() - started)

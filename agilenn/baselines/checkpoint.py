@@ -1,0 +1,110 @@
+"""Baseline checkpoints (``.agbl``): a network, its arch, its raw-image dictionary, a hash.
+
+The same safety as ``.agnn``: ``torch.save`` written, read back weights-only,
+and a content hash that the device puts in every request.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..checkpoint import content_hash, read_weights_only, tensors_only
+from ..errors import CheckpointError
+from ..pretrained import PREFIX
+from .models import BASELINE_ARCHS
+
+FORMAT_NAME = "agilenn.baseline"
+FORMAT_VERSION = 1
+SHIPPED_BASELINES = {"mnist-full-cnn": "mnist-full-cnn.agbl", "mnist-tiny-cnn": "mnist-tiny-cnn.agbl"}
+
+
+@dataclass
+class BaselineCheckpoint:
+    arch: str
+    arch_kwargs: dict[str, int]
+    state_dict: dict[str, Tensor]
+    raw_dictionary: bytes = field(default=b"", repr=False)  # zstd dictionary for raw-offload images
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_model(cls, arch: str, arch_kwargs: dict[str, int], model: nn.Module,
+                   raw_dictionary: bytes = b"", metadata: dict[str, Any] | None = None) -> BaselineCheckpoint:
+        state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+        return cls(arch, dict(arch_kwargs), state, raw_dictionary, dict(metadata or {}))
+
+    @property
+    def model_hash(self) -> str:
+        return content_hash([self.arch, self.arch_kwargs, self.raw_dictionary], self.state_dict)
+
+    def build_model(self) -> nn.Module:
+        try:
+            factory = BASELINE_ARCHS[self.arch]
+        except KeyError:
+            raise CheckpointError(f"unknown baseline arch {self.arch!r}") from None
+        model = factory(**self.arch_kwargs)
+        try:
+            model.load_state_dict(self.state_dict)
+        except RuntimeError as exc:
+            raise CheckpointError(f"weights do not fit the stored arch: {exc}") from exc
+        return model.eval()
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        torch.save({
+            "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+            "arch": self.arch, "arch_kwargs": self.arch_kwargs, "state_dict": self.state_dict,
+            # weights-only loading refuses an empty bytes object, so the dictionary is a tensor
+            "raw_dictionary": torch.tensor(list(self.raw_dictionary), dtype=torch.uint8),
+            "metadata_json": json.dumps(self.metadata, sort_keys=True),
+            "model_hash": self.model_hash,
+        }, buffer)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> BaselineCheckpoint:
+        raw = read_weights_only(data, FORMAT_NAME, FORMAT_VERSION)
+        try:
+            dictionary = raw["raw_dictionary"]
+            if not isinstance(dictionary, Tensor) or dictionary.dtype != torch.uint8:
+                raise ValueError("raw_dictionary must be a uint8 tensor")
+            kwargs = raw["arch_kwargs"]
+            if not isinstance(kwargs, dict) or not all(type(v) is int for v in kwargs.values()):
+                raise ValueError("arch_kwargs must map names to integers")
+            checkpoint = cls(str(raw["arch"]), dict(kwargs), tensors_only(raw["state_dict"]),
+                             dictionary.numpy().tobytes(), dict(json.loads(raw["metadata_json"])))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"baseline fields are invalid: {exc}") from exc
+        if checkpoint.model_hash != raw.get("model_hash"):
+            raise CheckpointError(f"content hash {checkpoint.model_hash} does not match the stored "
+                                  f"{raw.get('model_hash')}: the file is corrupt or was edited")
+        return checkpoint
+
+
+def load_baseline(name: str) -> BaselineCheckpoint:
+    """A shipped baseline by name (``mnist-full-cnn``, ``mnist-tiny-cnn``)."""
+    if name not in SHIPPED_BASELINES:
+        raise ValueError(f"no shipped baseline {name!r}; shipped: {', '.join(sorted(SHIPPED_BASELINES))}")
+    return BaselineCheckpoint.from_bytes(
+        resources.files("agilenn.assets").joinpath(SHIPPED_BASELINES[name]).read_bytes())
+
+
+def is_baseline_spec(spec: str) -> bool:
+    """``pretrained:`` + a shipped baseline's name, or a path to an ``.agbl`` file."""
+    if spec.startswith(PREFIX):
+        return spec[len(PREFIX):] in SHIPPED_BASELINES
+    return Path(spec).suffix == ".agbl"
+
+
+def load_baseline_checkpoint(spec: str) -> BaselineCheckpoint:
+    """``pretrained:NAME`` for a shipped baseline, otherwise a path to an ``.agbl`` file."""
+    if spec.startswith(PREFIX):
+        return load_baseline(spec[len(PREFIX):])
+    return BaselineCheckpoint.from_bytes(Path(spec).read_bytes())

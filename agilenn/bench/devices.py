@@ -1,0 +1,101 @@
+"""Device profiles: what a request's device-side stages would cost on a real device.
+
+``host`` reports what was measured on this machine. Any other profile is a
+**model, not a measurement**:
+
+- device compute = the scheme's multiply-accumulates (counted by
+  :func:`agilenn.baselines.models.count_macs`) / the device's sustained MAC
+  rate with its vendor's neural-network kernels;
+- encode and merge (zstd, JPEG, msgpack, quantisation: not MAC-bound) = the
+  time measured here x (this host's MAC rate / the device's MAC rate), i.e.
+  the device is assumed to be slower at everything by the same factor.
+
+The constants and where they come from are in :data:`DEVICE_PROFILES` and
+docs/BENCHMARKS.md. They carry the uncertainty of any cross-paper figure
+(int8 kernels versus the float32 that runs here, memory placement, clock
+settings), so read modelled latencies as estimates within a factor of ~2.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..baselines.models import FullCNN, count_macs
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    name: str
+    macs_per_second: float  # 0 for host: measured, not modelled
+    source: str
+
+    @property
+    def modelled(self) -> bool:
+        return self.macs_per_second > 0
+
+
+DEVICE_PROFILES: dict[str, DeviceProfile] = {p.name: p for p in (
+    DeviceProfile("host", 0.0, "measured on this machine"),
+    DeviceProfile(
+        "stm32f746", 124e6,
+        "Cortex-M7 @ 216 MHz with CMSIS-NN int8 kernels: the CMSIS-NN paper (Lai, Suda, Chandra 2018, "
+        "arXiv:1801.06601) runs its CIFAR-10 CNN (3 conv layers of 5x5, 12.3 M MACs by our count) in "
+        "99.1 ms on this part, about 124 M MAC/s"),
+    DeviceProfile(
+        "esp32", 21e6,
+        "Xtensa LX6 @ 240 MHz, no SIMD: the ESP-NN README's ANSI C convolution kernel runs a 1x1 "
+        "conv of 10x10x64 -> 64 (409,600 MACs) in 4,663,012 cycles, 0.088 MAC/cycle (measured on "
+        "ESP32-S3; ESP-NN only has generic C optimisations for the ESP32), so about 21 M MAC/s"),
+    DeviceProfile(
+        "rpi-zero", 250e6,
+        "ARM1176JZF-S @ 1 GHz, VFPv2, no NEON: an assumption of 1 float MAC per 4 cycles (one VFP "
+        "multiply-accumulate plus its loads); we found no published NN benchmark to cite"),
+)}
+
+
+def get_device(name: str) -> DeviceProfile:
+    try:
+        return DEVICE_PROFILES[name]
+    except KeyError:
+        known = ", ".join(sorted(DEVICE_PROFILES))
+        raise ValueError(f"unknown device profile {name!r}; known: {known}") from None
+
+
+def host_macs_per_second(repeats: int = 30) -> float:
+    """This machine's MAC rate on a batch-1 CNN, the yardstick for scaling non-MAC work.
+
+    Median over ``repeats`` forward passes of the baseline full CNN
+    (5.5 M MACs), run as the device would: one image at a time.
+    """
+    model = FullCNN().eval()
+    example = torch.rand(1, 1, 28, 28)
+    macs = count_macs(model, example)
+    timings = []
+    with torch.no_grad():
+        for _ in range(repeats + 3):
+            started = time.perf_counter()
+            model(example)
+            timings.append(time.perf_counter() - started)
+    timings = sorted(timings[3:])
+    return macs / timings[len(timings) // 2]
+
+
+@dataclass(frozen=True)
+class DeviceModel:
+    """Turns host-measured device stages into a profile's modelled ones."""
+
+    profile: DeviceProfile
+    host_macs_per_second: float
+
+    @property
+    def slowdown(self) -> float:
+        return self.host_macs_per_second / self.profile.macs_per_second if self.profile.modelled else 1.0
+
+    def compute_ms(self, measured_ms: float, macs: int) -> float:
+        return macs / self.profile.macs_per_second * 1e3 if self.profile.modelled else measured_ms
+
+    def other_ms(self, measured_ms: float) -> float:
+        return measured_ms * self.slowdown

@@ -1,0 +1,145 @@
+"""``agilenn bench``: end-to-end latency of AgileNN against the alternatives, on your link and device.
+
+Starts real ``agilenn server`` daemons on loopback, puts the link emulator
+between them and each scheme's client, and classifies the same test images
+with every scheme:
+
+  agilenn        the AgileNN model (EdgeClient, merging on the device)
+  local-only     AgileNN's local predictor alone, and a tiny standalone CNN
+  raw-offload    the image, zstd-compressed, to a full CNN on the server
+  jpeg-offload   the image as JPEG at each --jpeg-quality, same full CNN
+  split8         the full CNN cut after each --split-layer; the activations
+                 8-bit quantised and zstd-compressed
+
+Each request's latency is split into device, encode, transmit, queue,
+server, reply and merge. With --device other than host, the device-side
+stages are MODELLED from multiply-accumulate counts (see docs/BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from transports.emulator import PROFILES
+
+from ..bench.devices import DEVICE_PROFILES
+from ..bench.runner import BenchConfig, format_table, run_bench
+from ..bench.schemes import FAMILIES
+from ..data import DATASETS
+from ..errors import AgileNNError
+from .common import DEFAULT_MODEL, fail, write_atomically
+
+
+def _integers(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _families(text: str) -> tuple[str, ...]:
+    if text == "all":
+        return FAMILIES
+    chosen = tuple(part for part in text.split(",") if part)
+    unknown = set(chosen) - set(FAMILIES)
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(
+            f"unknown schemes {sorted(unknown)}; pick from {', '.join(FAMILIES)} or all"
+        )
+    return chosen
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agilenn bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="the AgileNN model")
+    parser.add_argument("--baseline", default="pretrained:mnist-full-cnn", help="the full CNN (.agbl)")
+    parser.add_argument(
+        "--tiny", default="pretrained:mnist-tiny-cnn", help="the standalone local CNN (.agbl)"
+    )
+    parser.add_argument("--link", default="serial-115200", choices=sorted(PROFILES))
+    parser.add_argument("--device", default="host", choices=sorted(DEVICE_PROFILES))
+    parser.add_argument("--n", type=int, default=500, help="measured requests per scheme")
+    parser.add_argument("--warmup", type=int, default=20, help="requests per scheme before measuring")
+    parser.add_argument(
+        "--schemes",
+        type=_families,
+        default=FAMILIES,
+        help=f"comma-separated from {', '.join(FAMILIES)}, or all",
+    )
+    parser.add_argument("--jpeg-quality", type=_integers, default=(10, 50, 90), help="e.g. 10,50,90")
+    parser.add_argument(
+        "--split-layer",
+        type=_integers,
+        default=(2, 4, 5),
+        help="split8 cut points (1-5: after that many blocks of the full CNN)",
+    )
+    parser.add_argument("--dataset", default="mnist-sample", choices=DATASETS)
+    parser.add_argument("--data-dir", help="for --dataset mnist; or set AGILENN_DATA")
+    parser.add_argument("--window", type=int, default=100, help="requests per stability window")
+    parser.add_argument("--stability-percentage", type=float, default=10.0)
+    parser.add_argument(
+        "--until-stable",
+        action="store_true",
+        help="add windows until the last three agree (at most --max-windows)",
+    )
+    parser.add_argument("--max-windows", type=int, default=20)
+    parser.add_argument("--timeout-s", type=float, default=2.0, help="per attempt; lost messages cost this")
+    parser.add_argument("--seed", type=int, default=0, help="the link emulator's loss and jitter")
+    parser.add_argument("--json", type=Path, help="write the full report here")
+    parser.add_argument("--plot", type=Path, help="write the three PNG figures into this folder")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = "agilenn bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    config = BenchConfig(
+        model=args.model,
+        baseline=args.baseline,
+        tiny=args.tiny,
+        link=args.link,
+        device=args.device,
+        n=args.n,
+        warmup=args.warmup,
+        families=args.schemes,
+        jpeg_qualities=args.jpeg_quality,
+        split_layers=args.split_layer,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        window=args.window,
+        stability_percentage=args.stability_percentage,
+        until_stable=args.until_stable,
+        max_windows=args.max_windows,
+        timeout_s=args.timeout_s,
+        seed=args.seed,
+        progress=not args.quiet,
+        extra={"command": command},
+    )
+    try:
+        report = run_bench(config, on_scheme=None if args.quiet else _announce)
+    except (AgileNNError, OSError, ValueError) as exc:
+        return fail(str(exc))
+    print(format_table(report))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(args.json, json.dumps(report, indent=2).encode())
+        print(f"report: {args.json}")
+    if args.plot:
+        from ..bench.plots import write_plots  # matplotlib only when asked for
+
+        for path in write_plots(report, args.plot):
+            print(f"plot: {path}")
+    return 0
+
+
+def _announce(name: str, values: dict[str, object]) -> None:
+    latency = values["latency_ms"]
+    assert isinstance(latency, dict)
+    print(f"{name}: p50 {latency['p50']:.2f} ms, accuracy {values['accuracy']}", file=sys.stderr, flush=True)
