@@ -46,7 +46,9 @@ def plot_accuracy_vs_bytes(report: dict[str, Any], path: Path) -> None:
     for name, values in report["schemes"].items():
         x = max(values["bytes_up_mean"], 1.0)  # local-only sends nothing: drawn at 1 so a log axis shows it
         marker = FAMILY_MARKERS[values["family"]]
-        axes.scatter(x, 100 * values["accuracy"], color=colours[name], marker=marker, s=160 if name == "agilenn" else 50, zorder=3, label=name, edgecolors="black",
+        size = 160 if name == "agilenn" else 50
+        axes.scatter(x, 100 * values["accuracy"], color=colours[name], marker=marker, s=size, zorder=3,
+                     label=name, edgecolors="black",
                      linewidths=0.5)
     axes.set_xscale("log")
     axes.set_xlabel("bytes up per request (mean; local-only drawn at 1)")
