@@ -127,9 +127,9 @@ class EdgeClient:
             x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
             device = self.model.device_forward(x.unsqueeze(0))
             local_logits = device.local_logits[0]
-            local = torch.softmax(local_logits, dim=0).numpy()
             if self._requester is None:
-                return self._local(local, "no server configured", started)
+                probabilities = torch.softmax(local_logits, dim=0).numpy()
+                return self._local(probabilities, "no server configured", started)
             encoding = time.monotonic()
             request_id = next(self._ids) % 2**32
             body = {"p": self.codec.encode(device.symbols[0].numpy())}

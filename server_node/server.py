@@ -154,6 +154,10 @@ class Server:
         except CodecError as exc:
             self._fail(identity, request, "bad-payload", str(exc))
             return
+        except Exception:  # a decoder bug must cost one request, never the serving loop
+            log.exception("preparing a request from %s failed", request.device_id)
+            self._fail(identity, request, "bad-payload", "the server could not decode this payload")
+            return
         pending.append(_Pending(identity, request, prepared, time.monotonic()))
 
     def _run_batch(self, batch: list[_Pending]) -> None:
@@ -168,8 +172,14 @@ class Server:
             self.metrics.queue_seconds.observe(queued)
             # Whole microseconds under one-letter keys: 14 bytes instead of 49 on the downlink.
             body["tm"] = {"q": round(1e6 * queued), "s": compute_us, "b": len(batch)}
-            self._send(item.identity, Message(MessageType.INFER_REPLY, item.request.request_id,
-                                              item.request.device_id, self.model_hash, body))
+            reply = Message(MessageType.INFER_REPLY, item.request.request_id, item.request.device_id,
+                            self.model_hash, body)
+            try:
+                data = encode_message(reply)  # per request: one invalid result fails only its own
+            except ProtocolError as exc:
+                self._fail(item.identity, item.request, "internal", f"the model's result is invalid: {exc}")
+                continue
+            self._deliver(item.identity, data, reply)
 
     def _fail(self, identity: bytes, request: Message | None, code: str, reason: str) -> None:
         self.metrics.failures.labels(reason=code).inc()
@@ -178,8 +188,11 @@ class Server:
         self._send(identity, error_reply(request, code, reason))
 
     def _send(self, identity: bytes, message: Message) -> None:
+        self._deliver(identity, encode_message(message), message)
+
+    def _deliver(self, identity: bytes, data: bytes, message: Message) -> None:
         try:
-            self.transport.send(identity, encode_message(message))
+            self.transport.send(identity, data)
         except (PeerUnreachable, QueueFull) as exc:
             # The device is gone or not reading; its Requester retries on a new connection.
             self.metrics.failures.labels(reason="reply-undeliverable").inc()

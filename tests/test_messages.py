@@ -617,9 +617,15 @@ def test_worked_example_of_the_protocol_doc() -> None:
     assert request.body["p"][:5] == bytes.fromhex("a108100707") and len(request.body["p"]) == 46
     assert int(np.argmax(logits_from_bytes(request.body["l"]))) == 7  # MNIST test image 0 is a 7
     assert encode_message(request) == data
+    assert len(encode_message(request._replace(body={"p": request.body["p"]}))) == 73  # without l
+    timings = {"q": 210, "s": 1130, "b": 1}
     reply = Message(MessageType.INFER_REPLY, 1, "mcu-01", request.model_hash,
-                    {"c": 7, "pr": logits_to_bytes(np.full(10, 0.1)), "tm": {"q": 0.2, "c": 1.1}})
-    assert len(encode_message(reply)) == 77  # "The matching reply ... is 77 bytes"
+                    {"c": 7, "pr": logits_to_bytes(np.full(10, 0.1)), "tm": timings})
+    data = encode_message(reply)
+    assert len(data) == 67  # "The matching reply ... is 67 bytes"
+    assert data.endswith(bytes.fromhex("a2746d83a171ccd2a173cd046aa16201"))  # the tm bytes shown
+    device_merge = reply._replace(body={"c": 7, "lg": logits_to_bytes(np.zeros(10)), "tm": timings})
+    assert len(encode_message(device_merge)) == 67  # "the same size"
 
 
 # --------------------------------------------------------------- regressions of fixed bugs

@@ -269,3 +269,53 @@ def test_server_cli_reports_bad_settings_without_a_traceback(capsys: pytest.Capt
     assert "LOUD" in capsys.readouterr().err
     with pytest.raises(ValueError, match="max_batch_size must be a int"):
         ServerConfig(max_batch_size="8")  # type: ignore[arg-type]
+
+
+def test_an_invalid_result_fails_only_its_own_request_and_each_is_answered_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review finding: one NaN in a batch answered the whole batch twice (reply, then ERROR)."""
+    with RemoteServer(max_batch_size=4, max_queue_delay_us=200_000) as server:
+        served = server.server.served  # type: ignore[attr-defined]
+        real_run = served.run
+
+        def nan_for_the_first(prepared: list[object]) -> list[dict[str, object]]:
+            bodies = real_run(prepared)
+            bodies[0]["lg"] = b"\x00\x7e" * 10  # float16 NaN: a fault no valid input can produce
+            return bodies
+
+        monkeypatch.setattr(served, "run", nan_for_the_first)
+        client = ZmqClientTransport(server.endpoint)
+        try:
+            for request_id in (10, 11, 12):  # sent together, so they share one batch
+                request = _request(request_id - 10, request_id)
+                client.send(encode_message(request._replace(body={"p": request.body["p"]})))
+            replies = []
+            while (data := client.recv(2.0)) is not None:
+                replies.append(decode_message(data))
+        finally:
+            client.close()
+    assert sorted(r.request_id for r in replies) == [10, 11, 12]  # each answered exactly once
+    errors = [r for r in replies if r.type is MessageType.ERROR]
+    assert len(errors) == 1 and errors[0].request_id == 10 and errors[0].body["code"] == "internal"
+    assert "invalid" in errors[0].body["reason"]
+    assert all(r.type is MessageType.INFER_REPLY for r in replies if r not in errors)
+
+
+def test_an_unexpected_decoder_failure_costs_one_request_not_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    with RemoteServer() as server:
+        served = server.server.served  # type: ignore[attr-defined]
+        real_prepare = served.prepare
+        calls = {"n": 0}
+
+        def explode_once(body: dict[str, object]) -> object:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise MemoryError("simulated decoder failure")  # not a CodecError
+            return real_prepare(body)
+
+        monkeypatch.setattr(served, "prepare", explode_once)
+        first = _ask(server.endpoint, encode_message(_request(0, 20)), 20)
+        second = _ask(server.endpoint, encode_message(_request(1, 21)), 21)
+    assert first.type is MessageType.ERROR and first.body["code"] == "bad-payload"
+    assert second.type is MessageType.INFER_REPLY

@@ -70,8 +70,8 @@ def _devices(endpoint: str, count: int, seconds: float, requests: list[bytes], r
             now = time.monotonic()
             latencies.append(now - sent_at[sock])
             if reply.type is MessageType.INFER_REPLY:
-                batches.append(reply.body["tm"]["batch"])
-                computes.append(reply.body["tm"]["compute_ms"])
+                batches.append(reply.body["tm"]["b"])
+                computes.append(reply.body["tm"]["s"] / 1e3)
             else:
                 errors += 1
             sock.send(requests[len(latencies) % len(requests)])

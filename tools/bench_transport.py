@@ -66,7 +66,7 @@ def _request(request_id: int) -> Message:
 
 def _reply_to(request: Message) -> Message:
     return Message(MessageType.INFER_REPLY, request.request_id, request.device_id, request.model_hash,
-                   {"c": 3, "pr": logits_to_bytes(np.full(10, 0.1)), "tm": {"q": 0.1, "c": 0.9}})
+                   {"c": 3, "pr": logits_to_bytes(np.full(10, 0.1)), "tm": {"q": 100, "s": 900, "b": 1}})
 
 
 def _serve(kind: str, curve: CurveServerConfig | None, endpoints: Any, stop: Any) -> None:

@@ -30,6 +30,7 @@ from ..errors import CodecError
 
 RAW, JPEG, SPLIT8 = b"R", b"J", b"S"
 _SPLIT_HEADER = struct.Struct("<Bf")
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 Shape = tuple[int, ...]
 
@@ -93,7 +94,7 @@ class BaselinePayloads:
                     raise CodecError(f"JPEG is {picture.size[0]}x{picture.size[1]}, the model takes "
                                      f"{width}x{height}")
                 pixels = np.asarray(picture.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as exc:
             raise CodecError(f"not a readable JPEG: {exc}") from exc
         return pixels[np.newaxis] if channels == 1 else pixels.transpose(2, 0, 1)
 
@@ -105,8 +106,8 @@ class BaselinePayloads:
         if shape is None:
             raise CodecError(f"split {split} is not a split point of this model "
                              f"(it has {sorted(self.split_shapes)})")
-        if not math.isfinite(step) or step <= 0:
-            raise CodecError(f"split8 step {step} is not a positive finite number")
+        if not math.isfinite(step) or step <= 0 or step * 255 > _FLOAT32_MAX:
+            raise CodecError(f"split8 step {step} is not a positive number whose 255 levels fit float32")
         levels = np.frombuffer(self._split.decompress(body[_SPLIT_HEADER.size:], math.prod(shape)), np.uint8)
         return split, levels.reshape(shape).astype(np.float32) * np.float32(step)
 

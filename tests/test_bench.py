@@ -1,0 +1,476 @@
+"""``agilenn bench``: device models, statistics, goals, a real small run, plots and the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from agilenn.baselines.models import count_macs
+from agilenn.bench.devices import DEVICE_PROFILES, DeviceModel, DeviceProfile, get_device
+from agilenn.bench.plots import write_plots
+from agilenn.bench.runner import (
+    GOALS,
+    BenchConfig,
+    BenchError,
+    comparisons,
+    format_table,
+    modelled_stages,
+    run_bench,
+    running_server,
+    summarise,
+    wait_until_serving,
+    window_stability,
+)
+from agilenn.bench.schemes import FAMILIES, STAGES, Outcome, Scheme
+from agilenn.cli import main
+from agilenn.cli.common import DEFAULT_MODEL, load_checkpoint
+from transports.zmq_transport import free_loopback_endpoint
+
+from .conftest import _child_processes, reap
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+STM32_RATE = 124e6
+SMALL = dict(n=20, warmup=2, window=10, link="lossless", jpeg_qualities=(50,), split_layers=(4,),
+             progress=False)
+ALL_SCHEMES = {"agilenn", "local-only", "local-only-tiny-cnn", "raw-offload", "jpeg-offload@q50", "split8@4"}
+OFFLOADING = ("agilenn", "raw-offload", "jpeg-offload@q50", "split8@4")
+LOCAL = ("local-only", "local-only-tiny-cnn")
+
+
+@pytest.fixture
+def _restore_torch_threads() -> Iterator[None]:
+    """run_bench pins torch to one thread for the whole process; give the other tests theirs back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def _scheme(device_macs: int = 0, offloads: bool = True, family: str = "raw-offload") -> Scheme:
+    def classify(image: np.ndarray) -> Outcome:
+        raise AssertionError("summarise never classifies")
+
+    return Scheme("hand-made", family, device_macs, offloads, classify)
+
+
+# ------------------------------------------------------------------ device models
+def test_the_host_profile_passes_measured_values_through() -> None:
+    host = DeviceModel(get_device("host"), host_macs_per_second=5e9)
+    assert not host.profile.modelled and host.slowdown == 1.0
+    assert host.compute_ms(3.25, macs=10_000_000) == 3.25
+    assert host.other_ms(0.75) == 0.75
+
+
+def test_a_modelled_profile_counts_macs_and_scales_the_rest() -> None:
+    device = DeviceModel(get_device("stm32f746"), host_macs_per_second=6.2e9)
+    assert device.profile.modelled and device.profile.macs_per_second == STM32_RATE
+    macs = 52_920
+    expected = macs / STM32_RATE * 1e3
+    for measured in (0.0, 0.4, 250.0):  # the measurement does not matter: the MACs do
+        assert device.compute_ms(measured, macs) == pytest.approx(expected, rel=1e-12)
+    assert device.slowdown == pytest.approx(6.2e9 / STM32_RATE)
+    assert device.other_ms(0.1) == pytest.approx(0.1 * 6.2e9 / STM32_RATE)
+    assert device.other_ms(0.0) == 0.0
+    esp32 = DeviceModel(get_device("esp32"), host_macs_per_second=2.1e9)
+    assert esp32.other_ms(1.0) == pytest.approx(100.0)
+    assert esp32.compute_ms(1.0, 21_000) == pytest.approx(1.0)
+
+
+def test_an_unknown_device_is_refused_with_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="unknown device profile 'pdp-11'") as caught:
+        get_device("pdp-11")
+    for name in DEVICE_PROFILES:
+        assert name in str(caught.value)
+
+
+def test_every_modelled_profile_says_where_its_rate_comes_from() -> None:
+    assert {"host", "stm32f746", "esp32", "rpi-zero"} <= set(DEVICE_PROFILES)
+    for name, profile in DEVICE_PROFILES.items():
+        assert isinstance(profile, DeviceProfile) and profile.name == name
+        if name == "host":
+            assert not profile.modelled
+            continue
+        assert profile.modelled and profile.macs_per_second > 0
+        assert profile.source.strip()
+
+
+# ------------------------------------------------------------------ stability
+def test_constant_latencies_are_stable() -> None:
+    result = window_stability(np.full(30, 5.0), window=10, percentage=10.0)
+    assert result["stable"] is True and result["windows"] == 3
+    assert result["window_p50_ms"] == [5.0, 5.0, 5.0]
+    assert result["window_throughput_rps"] == [200.0, 200.0, 200.0]
+
+
+def test_latencies_within_the_percentage_are_stable() -> None:
+    latencies = np.concatenate([np.full(10, 100.0), np.full(10, 105.0), np.full(10, 100.0)])
+    assert window_stability(latencies, window=10, percentage=10.0)["stable"] is True
+    assert window_stability(latencies, window=10, percentage=1.0)["stable"] is False
+
+
+def test_a_series_whose_last_windows_disagree_is_not_stable() -> None:
+    latencies = np.concatenate([np.full(10, 1.0), np.full(10, 1.0), np.full(10, 2.0)])
+    result = window_stability(latencies, window=10, percentage=10.0)
+    assert result["stable"] is False and result["window_p50_ms"] == [1.0, 1.0, 2.0]
+
+
+def test_only_the_last_three_windows_count() -> None:
+    latencies = np.concatenate([np.full(10, 50.0), np.full(30, 1.0)])
+    result = window_stability(latencies, window=10, percentage=10.0)
+    assert result["windows"] == 4 and result["stable"] is True
+
+
+def test_equal_medians_with_a_slower_window_are_not_stable() -> None:
+    """Throughput must agree too: the third window's median is the same, its mean is not."""
+    slow = np.array([1.0] * 6 + [10.0] * 4)
+    latencies = np.concatenate([np.full(10, 1.0), np.full(10, 1.0), slow])
+    result = window_stability(latencies, window=10, percentage=10.0)
+    assert result["window_p50_ms"] == [1.0, 1.0, 1.0]
+    assert result["stable"] is False
+
+
+def test_fewer_than_three_windows_are_not_stable() -> None:
+    result = window_stability(np.full(29, 5.0), window=10, percentage=10.0)  # two full windows
+    assert result["windows"] == 2 and result["stable"] is False
+    assert window_stability(np.full(5, 5.0), window=10, percentage=10.0)["windows"] == 0
+
+
+# ------------------------------------------------------------------ stages and summaries
+FULL_OUTCOME = Outcome(3, {"device": 2.0, "encode": 1.0, "transmit": 5.0, "queue": 0.5, "server": 1.5,
+                           "reply": 2.0, "merge": 0.25}, bytes_up=80, bytes_down=64)
+
+
+def test_host_stages_are_the_measured_ones_and_add_up_to_the_latency() -> None:
+    stages = modelled_stages(FULL_OUTCOME, 1_000_000, DeviceModel(get_device("host"), 5e9))
+    assert list(stages) == list(STAGES)
+    assert stages == FULL_OUTCOME.stages_ms
+    assert sum(stages.values()) == pytest.approx(FULL_OUTCOME.latency_ms) == pytest.approx(12.25)
+
+
+def test_missing_stages_are_zero() -> None:
+    outcome = Outcome(1, {"device": 0.3})
+    stages = modelled_stages(outcome, 0, DeviceModel(get_device("host"), 5e9))
+    assert stages == {stage: (0.3 if stage == "device" else 0.0) for stage in STAGES}
+    assert outcome.latency_ms == pytest.approx(0.3)
+
+
+def test_modelled_stages_scale_only_the_device_side() -> None:
+    host_rate = 3.1e9
+    device = DeviceModel(get_device("stm32f746"), host_rate)
+    stages = modelled_stages(FULL_OUTCOME, 1_240_000, device)
+    slowdown = host_rate / STM32_RATE
+    assert stages["device"] == pytest.approx(10.0)  # 1.24 M MACs at 124 M MAC/s
+    assert stages["encode"] == pytest.approx(1.0 * slowdown)
+    assert stages["merge"] == pytest.approx(0.25 * slowdown)
+    for stage in ("transmit", "queue", "server", "reply"):  # the link and the server are not the device
+        assert stages[stage] == FULL_OUTCOME.stages_ms[stage]
+    assert FULL_OUTCOME.stages_ms["device"] == 2.0  # the outcome itself is left alone
+
+
+def _hand_made_outcomes() -> list[Outcome]:
+    return [
+        Outcome(1, {"device": 1.0, "transmit": 3.0}, 100, 50),
+        Outcome(2, {"device": 1.0, "transmit": 5.0}, 200, 50),
+        Outcome(0, {"device": 2.0, "transmit": 6.0}, 300, 50),
+        Outcome(-1, {"device": 2.0, "reply": 8.0}, 100, 0, failure="link: no reply"),
+    ]
+
+
+def test_summarise_computes_the_figures() -> None:
+    labels = np.array([1, 2, 3, 4])
+    summary = summarise(_scheme(device_macs=1234), _hand_made_outcomes(), labels,
+                        DeviceModel(get_device("host"), 5e9), BenchConfig(window=2))
+    assert summary["family"] == "raw-offload" and summary["device_macs"] == 1234
+    assert summary["accuracy"] == 0.5
+    assert summary["latencies_ms"] == [4.0, 6.0, 8.0, 10.0]
+    assert summary["latency_ms"] == {"p50": 7.0, "p95": 9.7, "p99": 9.94}
+    assert summary["stage_ms"] == {"device": 1.5, "encode": 0.0, "transmit": 3.5, "queue": 0.0,
+                                   "server": 0.0, "reply": 2.0, "merge": 0.0}
+    assert sum(summary["stage_ms"].values()) == pytest.approx(np.mean(summary["latencies_ms"]))
+    assert summary["bytes_up_mean"] == 175.0 and summary["bytes_down_mean"] == 37.5
+    assert summary["throughput_rps"] == pytest.approx(1e3 / 7.0, abs=0.01)
+    assert summary["requests"] == 4 and summary["offloaded"] == 3
+    assert summary["failures"] == 1 and summary["failure_reasons"] == ["link: no reply"]
+    stability = summary["stability"]
+    assert stability["windows"] == 2 and stability["stable"] is False
+    assert stability["window_p50_ms"] == [5.0, 9.0]
+
+
+def test_summarise_a_local_scheme_offloads_nothing() -> None:
+    outcomes = [Outcome(7, {"device": 0.5}), Outcome(7, {"device": 1.5})]
+    summary = summarise(_scheme(offloads=False, family="local-only"), outcomes, np.array([7, 1]),
+                        DeviceModel(get_device("host"), 5e9), BenchConfig(window=1))
+    assert summary["offloaded"] == 0 and summary["failures"] == 0
+    assert summary["accuracy"] == 0.5 and summary["bytes_up_mean"] == 0.0
+    assert summary["latency_ms"]["p50"] == 1.0
+
+
+def test_summarise_scores_accuracy_on_the_first_pass_only() -> None:
+    """With --until-stable the images cycle; accuracy stays over the first n."""
+    outcomes = [Outcome(label, {"device": 1.0}) for label in (0, 1, 9, 9, 9, 9)]
+    summary = summarise(_scheme(), outcomes, np.array([0, 1]), DeviceModel(get_device("host"), 5e9),
+                        BenchConfig(window=2))
+    assert summary["accuracy"] == 1.0 and summary["requests"] == 6
+
+
+def test_summarise_uses_the_modelled_device() -> None:
+    outcomes = [Outcome(0, {"device": 0.01, "encode": 0.01, "transmit": 1.0})] * 3
+    summary = summarise(_scheme(device_macs=2_480_000), outcomes, np.array([0, 0, 0]),
+                        DeviceModel(get_device("stm32f746"), 1.24e9), BenchConfig(window=1))
+    assert summary["stage_ms"]["device"] == pytest.approx(20.0)
+    assert summary["stage_ms"]["encode"] == pytest.approx(0.1)
+    assert summary["latency_ms"]["p50"] == pytest.approx(21.1)
+
+
+# ------------------------------------------------------------------ comparisons
+def _figures(name: str, family: str, bytes_up: float, accuracy: float, p50: float) -> dict[str, Any]:
+    return {"family": family, "bytes_up_mean": bytes_up, "accuracy": accuracy, "latency_ms": {"p50": p50}}
+
+
+def _schemes(agilenn_bytes: float = 80.0, agilenn_accuracy: float = 0.99) -> dict[str, dict[str, Any]]:
+    return {
+        "agilenn": _figures("agilenn", "agilenn", agilenn_bytes, agilenn_accuracy, 10.0),
+        "local-only": _figures("local-only", "local-only", 0.0, 0.97, 1.0),
+        "raw-offload": _figures("raw-offload", "raw-offload", 200.0, 0.992, 40.0),
+        "jpeg-offload@q50": _figures("jpeg-offload@q50", "jpeg-offload", 400.0, 0.99, 50.0),
+        "split8@2": _figures("split8@2", "split8", 3000.0, 0.99, 100.0),
+        "split8@4": _figures("split8@4", "split8", 1200.0, 0.99, 30.0),
+    }
+
+
+def test_comparisons_meet_the_goals() -> None:
+    result = comparisons(_schemes())
+    assert result["goals"] == GOALS
+    assert result["bytes_up_vs_raw"] == 0.4
+    assert result["accuracy_gap_pp"] == pytest.approx(0.2)
+    assert result["bytes_goal_met"] is True
+    assert result["p50_vs_raw"] == 0.25 and result["p50_vs_raw_goal_met"] is True
+    assert result["p50_vs_split8"] == {"split8@2": 0.1, "split8@4": 0.333}
+    assert result["p50_vs_split8_goal_met"] == {"split8@2": True, "split8@4": False}
+
+
+def test_comparisons_miss_the_goals() -> None:
+    too_many_bytes = comparisons(_schemes(agilenn_bytes=120.0))
+    assert too_many_bytes["bytes_up_vs_raw"] == 0.6 and too_many_bytes["bytes_goal_met"] is False
+    less_accurate = comparisons(_schemes(agilenn_accuracy=0.982))
+    assert less_accurate["bytes_up_vs_raw"] == 0.4
+    assert less_accurate["accuracy_gap_pp"] == pytest.approx(1.0)
+    assert less_accurate["bytes_goal_met"] is False
+    schemes = _schemes()
+    schemes["agilenn"]["latency_ms"]["p50"] = 25.0
+    slow = comparisons(schemes)
+    assert slow["p50_vs_raw"] == 0.625 and slow["p50_vs_raw_goal_met"] is False
+    assert slow["p50_vs_split8_goal_met"] == {"split8@2": False, "split8@4": False}
+
+
+def test_comparisons_without_the_schemes_they_need() -> None:
+    schemes = _schemes()
+    del schemes["raw-offload"]
+    result = comparisons(schemes)
+    assert "bytes_up_vs_raw" not in result and "p50_vs_raw" not in result
+    assert set(result["p50_vs_split8"]) == {"split8@2", "split8@4"}
+    assert comparisons({"local-only": schemes["local-only"]}) == {"goals": GOALS}
+
+
+# ------------------------------------------------------------------ a real run
+@pytest.fixture(scope="module")
+def report() -> Iterator[dict[str, Any]]:
+    threads, children, torch_threads = set(threading.enumerate()), _child_processes(), torch.get_num_threads()
+    try:
+        result = run_bench(BenchConfig(families=FAMILIES, **SMALL))
+    finally:
+        torch.set_num_threads(torch_threads)
+    # The two server daemons are stopped and every client closed when run_bench returns.
+    assert _child_processes() <= children
+    assert {t for t in threading.enumerate() if t.is_alive()} <= threads
+    yield result
+
+
+def test_a_small_run_has_every_scheme_and_stage(report: dict[str, Any]) -> None:
+    assert set(report["schemes"]) == ALL_SCHEMES
+    assert report["link"] == "lossless" and report["link_profile"]["name"] == "lossless"
+    assert report["device"] == "host" and report["device_modelled"] is False
+    assert report["device_slowdown"] == 1.0 and report["host_macs_per_second"] > 0
+    assert report["n"] == 20 and report["warmup"] == 2 and report["window"] == 10
+    assert set(report["comparisons"]) >= {"goals", "bytes_up_vs_raw", "p50_vs_raw", "p50_vs_split8"}
+    for name, values in report["schemes"].items():
+        assert set(values["stage_ms"]) == set(STAGES), name
+        assert values["requests"] == 20 and len(values["latencies_ms"]) == 20, name
+        latency = values["latency_ms"]
+        assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"], name
+        # latency is the sum of the stages, so the mean stages add up to the mean latency
+        assert sum(values["stage_ms"].values()) == pytest.approx(np.mean(values["latencies_ms"]), abs=0.01)
+        assert values["throughput_rps"] == pytest.approx(1e3 / np.mean(values["latencies_ms"]), rel=0.01)
+        assert values["stability"]["windows"] == 2 and values["stability"]["stable"] is False
+
+
+def test_offloading_schemes_offload_every_request(report: dict[str, Any]) -> None:
+    for name in OFFLOADING:
+        values = report["schemes"][name]
+        assert values["bytes_up_mean"] > 0 and values["bytes_down_mean"] > 0, name
+        assert values["offloaded"] == values["requests"] == 20, name
+        assert values["failures"] == 0 and values["failure_reasons"] == [], name
+        assert values["accuracy"] >= 0.85, name
+        assert values["stage_ms"]["server"] > 0, name
+    assert report["schemes"]["agilenn"]["family"] == "agilenn"
+    assert report["schemes"]["jpeg-offload@q50"]["family"] == "jpeg-offload"
+    assert report["schemes"]["split8@4"]["family"] == "split8"
+
+
+def test_local_schemes_send_nothing_and_only_compute(report: dict[str, Any]) -> None:
+    for name in LOCAL:
+        values = report["schemes"][name]
+        assert values["family"] == "local-only"
+        assert values["bytes_up_mean"] == 0 and values["bytes_down_mean"] == 0, name
+        assert values["offloaded"] == 0 and values["failures"] == 0, name
+        assert values["accuracy"] >= 0.85, name
+        assert values["stage_ms"]["device"] > 0, name
+        assert all(values["stage_ms"][stage] == 0 for stage in STAGES if stage != "device"), name
+
+
+def test_bytes_on_the_uplink_rank_as_expected(report: dict[str, Any]) -> None:
+    schemes = report["schemes"]
+    raw = schemes["raw-offload"]["bytes_up_mean"]
+    assert schemes["agilenn"]["bytes_up_mean"] < raw
+    assert schemes["split8@4"]["bytes_up_mean"] > raw
+    figures = report["comparisons"]
+    assert figures["bytes_up_vs_raw"] == pytest.approx(schemes["agilenn"]["bytes_up_mean"] / raw, abs=1e-3)
+    assert figures["p50_vs_split8"]["split8@4"] == pytest.approx(
+        schemes["agilenn"]["latency_ms"]["p50"] / schemes["split8@4"]["latency_ms"]["p50"], abs=1e-3)
+
+
+def test_device_macs_are_counted_per_scheme(report: dict[str, Any]) -> None:
+    schemes = report["schemes"]
+    model = load_checkpoint(DEFAULT_MODEL).build_model()
+    config = model.config
+    example = torch.zeros(1, config.in_channels, config.image_size, config.image_size)
+    assert schemes["agilenn"]["device_macs"] == count_macs(model, example, model.device_forward) > 0
+    assert schemes["raw-offload"]["device_macs"] == schemes["jpeg-offload@q50"]["device_macs"] == 0
+    assert schemes["split8@4"]["device_macs"] > schemes["agilenn"]["device_macs"]
+    assert schemes["local-only-tiny-cnn"]["device_macs"] > 0
+
+
+def test_the_stm32_model_turns_the_runs_macs_into_device_time(report: dict[str, Any]) -> None:
+    device = DeviceModel(get_device("stm32f746"), report["host_macs_per_second"])
+    for name in ("agilenn", "split8@4"):
+        macs = report["schemes"][name]["device_macs"]
+        outcome = Outcome(0, {"device": report["schemes"][name]["stage_ms"]["device"], "encode": 0.1})
+        stages = modelled_stages(outcome, macs, device)
+        assert stages["device"] == pytest.approx(macs / STM32_RATE * 1e3), name
+        assert stages["encode"] == pytest.approx(0.1 * report["host_macs_per_second"] / STM32_RATE), name
+    assert device.compute_ms(0.0, report["schemes"]["raw-offload"]["device_macs"]) == 0.0
+
+
+def test_the_table_names_every_scheme_and_the_goals(report: dict[str, Any]) -> None:
+    table = format_table(report)
+    assert table.startswith("link lossless, device host, 20 requests per scheme on mnist-sample")
+    assert "MODELLED" not in table
+    for name in ALL_SCHEMES:
+        assert f"\n{name} " in table
+    assert "agilenn vs raw-offload: bytes up" in table
+    assert "agilenn vs split8@4: p50" in table
+    modelled = format_table({**report, "device": "esp32", "device_modelled": True})
+    assert "device esp32 (device stages MODELLED, not measured)" in modelled
+
+
+def test_write_plots_writes_three_pngs(report: dict[str, Any], tmp_path: Path) -> None:
+    folder = tmp_path / "figures"
+    paths = write_plots(report, folder)
+    assert [path.name for path in paths] == [
+        "lossless_host_accuracy_vs_bytes.png", "lossless_host_latency_cdf.png", "lossless_host_stages.png"]
+    for path in paths:
+        assert path.parent == folder
+        data = path.read_bytes()
+        assert data.startswith(PNG_SIGNATURE) and len(data) > 1000, path
+    assert sorted(folder.iterdir()) == sorted(paths)
+
+
+# ------------------------------------------------------------------ refusals before any server starts
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"families": ("agilenn", "teleport")}, "unknown schemes \\['teleport'\\]"),
+    ({"n": 5, "window": 10}, "must be at least one window"),
+    ({"n": 995, "warmup": 10}, "n \\+ warmup = 1005"),
+])
+def test_run_bench_refuses_bad_configs(changes: dict[str, Any], message: str) -> None:
+    config = BenchConfig(**{**SMALL, **changes})
+    with pytest.raises(BenchError, match=message):
+        run_bench(config)
+
+
+def test_wait_until_serving_notices_a_server_that_exits() -> None:
+    process = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    try:
+        with pytest.raises(BenchError, match="exited with 3"):
+            wait_until_serving(free_loopback_endpoint(), process, timeout=30.0)
+    finally:
+        reap(process)
+
+
+def test_running_server_with_a_missing_model_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(BenchError, match="exited with"):
+        with running_server(str(tmp_path / "missing.agnn")):
+            pytest.fail("a server without a model must not serve")
+
+
+# ------------------------------------------------------------------ the command
+def _exit_code(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exc:  # argparse refuses bad arguments this way
+        return int(exc.code or 0)
+
+
+@pytest.mark.usefixtures("_restore_torch_threads")
+def test_the_command_prints_a_table_and_writes_json_and_plots(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report_path, plots = tmp_path / "out" / "bench.json", tmp_path / "plots"
+    assert main(["bench", "--n", "10", "--warmup", "1", "--window", "10", "--link", "lossless",
+                 "--schemes", "agilenn,local-only", "--json", str(report_path), "--plot", str(plots),
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "agilenn" in out and "local-only-tiny-cnn" in out
+    assert f"report: {report_path}" in out
+    report = json.loads(report_path.read_text())
+    assert report["link"] == "lossless" and report["device"] == "host"
+    assert report["command"].startswith("agilenn bench --n 10")
+    assert set(report["schemes"]) == {"agilenn", "local-only", "local-only-tiny-cnn"}
+    for name, values in report["schemes"].items():
+        assert set(values) >= {"accuracy", "latency_ms", "stage_ms", "bytes_up_mean", "bytes_down_mean",
+                               "throughput_rps"}, name
+        assert set(values["latency_ms"]) == {"p50", "p95", "p99"}, name
+        assert set(values["stage_ms"]) == set(STAGES), name
+        assert 0 <= values["accuracy"] <= 1 and values["throughput_rps"] > 0, name
+    assert report["schemes"]["agilenn"]["bytes_up_mean"] > 0
+    pngs = sorted(plots.glob("*.png"))
+    assert [p.name for p in pngs] == ["lossless_host_accuracy_vs_bytes.png", "lossless_host_latency_cdf.png",
+                                      "lossless_host_stages.png"]
+    assert all(p.read_bytes().startswith(PNG_SIGNATURE) for p in pngs)
+    assert all(f"plot: {p}" in out for p in pngs)
+
+
+@pytest.mark.usefixtures("_restore_torch_threads")
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--schemes", "nope"], "unknown schemes ['nope']"),
+    (["--schemes", ""], "unknown schemes"),
+    (["--split-layer", "two"], "expected comma-separated integers"),
+    (["--device", "pdp-11"], "invalid choice: 'pdp-11'"),
+    (["--n", "5", "--window", "10"], "n (5) must be at least one window (10)"),
+    (["--schemes", "split8", "--split-layer", "9", "--n", "10", "--window", "10", "--warmup", "1",
+      "--link", "lossless"], "split layer 9 is not one of"),
+])
+def test_the_command_refuses_bad_arguments_clearly(
+    arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _exit_code(["bench", "--quiet", *arguments]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err
+    assert "Traceback" not in captured.err and captured.out == ""
