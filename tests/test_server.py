@@ -302,7 +302,9 @@ def test_an_invalid_result_fails_only_its_own_request_and_each_is_answered_once(
     assert all(r.type is MessageType.INFER_REPLY for r in replies if r not in errors)
 
 
-def test_an_unexpected_decoder_failure_costs_one_request_not_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unexpected_decoder_failure_costs_one_request_not_the_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     with RemoteServer() as server:
         served = server.server.served  # type: ignore[attr-defined]
         real_prepare = served.prepare
