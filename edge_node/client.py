@@ -28,7 +28,7 @@ import zmq
 from agilenn.cli.common import load_checkpoint
 from agilenn.codec import FeatureCodec
 from transports.curve import CurveClientConfig
-from transports.emulator import EmulatedTransport, LinkProfile, TimedTransport, get_profile
+from transports.emulator import EmulatedTransport, LinkProfile, get_profile, last_uplink_seconds
 from transports.errors import TransportError
 from transports.messages import (
     Message,
@@ -55,8 +55,9 @@ class Prediction:
     latency_ms: float = 0.0
     bytes_up: int = 0
     bytes_down: int = 0
-    # The server's queue_ms, compute_ms and batch; this side's device, encode, transmit (the send:
-    # on an emulated link its serialisation and delay), round_trip (transmit included) and merge.
+    # The server's queue_ms, compute_ms and batch; this side's device, encode, transmit (on an
+    # emulated link, the uplink's serialisation and delay; else 0), round_trip (transmit
+    # included) and merge.
     timings_ms: dict[str, float] = field(default_factory=dict)
     stages_ms: dict[str, float] = field(default_factory=dict)
 
@@ -116,7 +117,7 @@ class EdgeClient:
             if link is not None:
                 profile = get_profile(link) if isinstance(link, str) else link
                 transport = EmulatedTransport(transport, profile, seed=seed)
-            self._transport = TimedTransport(transport)
+            self._transport = transport
             self._requester = Requester(self._transport, timeout=timeout_s, attempts=1)
 
     def infer(self, image: np.ndarray | torch.Tensor) -> Prediction:
@@ -189,7 +190,7 @@ class EdgeClient:
         elapsed_ms = 1e3 * (finished - started)
         if self.deadline_ms is not None and elapsed_ms > self.deadline_ms:
             return self._local(local, f"deadline: reply came after {elapsed_ms:.1f} ms", started)
-        stages.update(transmit=self._transport.last_send_seconds, round_trip=received - sent,
+        stages.update(transmit=last_uplink_seconds(self._transport), round_trip=received - sent,
                       merge=finished - received)
         return Prediction(int(probabilities.argmax()), probabilities, OFFLOADED, latency_ms=elapsed_ms,
                           bytes_up=len(wire), bytes_down=len(data),

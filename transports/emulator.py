@@ -299,35 +299,6 @@ class MessageTransport(Protocol):
     def close(self) -> None: ...
 
 
-class TimedTransport:
-    """A client transport that remembers how long its last ``send`` took.
-
-    Under an :class:`EmulatedTransport` that is the uplink's serialisation and
-    delay: the "transmit" stage of a request.
-    """
-
-    def __init__(self, inner: MessageTransport) -> None:
-        self._inner = inner
-        self.endpoint = inner.endpoint
-        self.last_send_seconds = 0.0
-
-    def send(self, message: bytes) -> None:
-        started = time.monotonic()
-        try:
-            self._inner.send(message)
-        finally:
-            self.last_send_seconds = time.monotonic() - started
-
-    def recv(self, timeout: float) -> bytes | None:
-        return self._inner.recv(timeout)
-
-    def reconnect(self) -> None:
-        self._inner.reconnect()
-
-    def close(self) -> None:
-        self._inner.close()
-
-
 class EmulatedTransport:
     """A client transport whose messages cross an emulated link both ways.
 
@@ -346,11 +317,16 @@ class EmulatedTransport:
         self._uplink = _LineClock(uplink, random.Random(seed))
         self._downlink = _LineClock(downlink or uplink, random.Random(seed + 1))
         self.stats = LinkStats()
+        # The link's own time for the last message sent: serialisation (behind any earlier
+        # messages), delay and jitter. Not the wall time of send(), which can include
+        # scheduling delays that overlap the peer's work.
+        self.last_uplink_seconds = 0.0
 
     def send(self, message: bytes) -> None:
         self.stats.submitted_chunks += 1
         self.stats.submitted_bytes += len(message)
         lost, data, due = self._uplink.carry(message, self.stats)
+        self.last_uplink_seconds = max(0.0, due - time.monotonic())
         _sleep_until(due)
         if lost:
             self.stats.dropped_chunks += 1
@@ -378,6 +354,11 @@ class EmulatedTransport:
 
     def close(self) -> None:
         self._inner.close()
+
+
+def last_uplink_seconds(transport: object) -> float:
+    """The emulated uplink time of the last message ``transport`` sent; 0 for a real link."""
+    return transport.last_uplink_seconds if isinstance(transport, EmulatedTransport) else 0.0
 
 
 class _LineClock:

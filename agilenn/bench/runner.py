@@ -270,35 +270,41 @@ def run_bench(
     images, labels = dataset.images[: config.n], dataset.labels[: config.n]
     warmup = dataset.images[len(dataset) - config.warmup :] if config.warmup else dataset.images[:0]
     link = get_profile(config.link)
-    # The device is one core (an MCU has one); more intra-op threads would also fight the servers.
-    torch.set_num_threads(1)
     device = DeviceModel(get_device(config.device), host_macs_per_second())
     families = set(config.families)
     results: dict[str, dict[str, Any]] = {}
     with ExitStack() as stack:
         schemes: list[Scheme] = []
+
+        def add(*built: Scheme) -> None:
+            for scheme in built:  # closed on the way out even if a later one fails to build
+                schemes.append(scheme)
+                stack.callback(scheme.close)
+
+        previous_threads = torch.get_num_threads()
+        stack.callback(torch.set_num_threads, previous_threads)
+        # The device is one core (an MCU has one); more intra-op threads would also fight the servers.
+        torch.set_num_threads(1)
         if "agilenn" in families:
             endpoint = stack.enter_context(running_server(config.model))
-            schemes.append(agilenn_scheme(config.model, endpoint, link, config.timeout_s, config.seed))
+            add(agilenn_scheme(config.model, endpoint, link, config.timeout_s, config.seed))
         if "local-only" in families:
-            schemes += [
-                agilenn_local_scheme(load_checkpoint(config.model)),
-                tiny_cnn_scheme(load_baseline_checkpoint(config.tiny)),
-            ]
+            add(agilenn_local_scheme(load_checkpoint(config.model)))
+            add(tiny_cnn_scheme(load_baseline_checkpoint(config.tiny)))
         if families & BASELINE_FAMILIES:
             endpoint = stack.enter_context(running_server(config.baseline))
-            schemes += baseline_schemes(
-                load_baseline_checkpoint(config.baseline),
-                endpoint,
-                link,
-                config.timeout_s,
-                config.seed,
-                families,
-                list(config.jpeg_qualities),
-                list(config.split_layers),
+            add(
+                *baseline_schemes(
+                    load_baseline_checkpoint(config.baseline),
+                    endpoint,
+                    link,
+                    config.timeout_s,
+                    config.seed,
+                    families,
+                    list(config.jpeg_qualities),
+                    list(config.split_layers),
+                )
             )
-        for scheme in schemes:
-            stack.callback(scheme.close)
         for scheme in schemes:
             results[scheme.name] = summarise(
                 scheme, _measure(scheme, images, warmup, config), labels, device, config

@@ -24,7 +24,7 @@ from torch import nn
 
 from edge_node.client import EdgeClient
 from server_node.served import baseline_payloads
-from transports.emulator import EmulatedTransport, LinkProfile, TimedTransport
+from transports.emulator import EmulatedTransport, LinkProfile, last_uplink_seconds
 from transports.errors import TransportError
 from transports.messages import Message, MessageType, decode_message, encode_message, logits_from_bytes
 from transports.zmq_transport import Requester, ZmqClientTransport
@@ -137,10 +137,9 @@ class Offloader:
 
     def __init__(self, server: str, link: LinkProfile | None, timeout_s: float, seed: int,
                  device_id: str) -> None:
-        inner: Any = ZmqClientTransport(server)
+        self.transport: Any = ZmqClientTransport(server)
         if link is not None:
-            inner = EmulatedTransport(inner, link, seed=seed)
-        self.transport = TimedTransport(inner)
+            self.transport = EmulatedTransport(self.transport, link, seed=seed)
         self.requester = Requester(self.transport, timeout=timeout_s, attempts=3)
         self.device_id = device_id
         self._ids = itertools.count(1)
@@ -164,7 +163,7 @@ class Offloader:
             return Outcome(-1, {"device": device_ms, "encode": encode_ms, "reply": round_trip_ms}, len(wire),
                            len(data), failure=f"server: {reply.body.get('code')}: {reply.body.get('reason')}")
         predicted = int(np.argmax(logits_from_bytes(reply.body["pr"])))
-        transmit_ms = 1e3 * self.transport.last_send_seconds
+        transmit_ms = 1e3 * last_uplink_seconds(self.transport)
         queue_ms, server_ms = reply.body["tm"]["q"] / 1e3, reply.body["tm"]["s"] / 1e3
         return Outcome(predicted, {
             "device": device_ms, "encode": encode_ms, "transmit": transmit_ms, "queue": queue_ms,
@@ -183,6 +182,9 @@ def baseline_schemes(checkpoint: BaselineCheckpoint, server: str, link: LinkProf
     assert isinstance(model, FullCNN)
     payloads = baseline_payloads(model, checkpoint.raw_dictionary)
     model_hash = bytes.fromhex(checkpoint.model_hash)
+    refused = [split for split in split_layers if split not in model.split_points]
+    if "split8" in families and refused:
+        raise ValueError(f"split layers {refused} are not among {list(model.split_points)}")
     # The device id is as long as AgileNN's, so both pay the same header bytes.
     offloader = Offloader(server, link, timeout_s, seed, "dev-b")
     schemes: list[Scheme] = []
@@ -201,8 +203,6 @@ def baseline_schemes(checkpoint: BaselineCheckpoint, server: str, link: LinkProf
                                         functools.partial(payloads.encode_jpeg, quality=quality)))
     if "split8" in families:
         for split in split_layers:
-            if split not in model.split_points:
-                raise ValueError(f"split layer {split} is not one of {list(model.split_points)}")
             head = model.head(split)
 
             def classify(image: np.ndarray, head: nn.Module = head, split: int = split) -> Outcome:
