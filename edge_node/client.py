@@ -55,9 +55,9 @@ class Prediction:
     latency_ms: float = 0.0
     bytes_up: int = 0
     bytes_down: int = 0
-    # The server's queue_ms, compute_ms and batch; this side's device, encode, transmit (on an
-    # emulated link, the uplink's serialisation and delay; else 0), round_trip (transmit
-    # included) and merge.
+    # The server's queue_ms, compute_ms and batch; this side's device, encode (of which codec is
+    # the feature codec alone, the rest the message framing), transmit (on an emulated link, the
+    # uplink's serialisation and delay; else 0), round_trip (transmit included) and merge.
     timings_ms: dict[str, float] = field(default_factory=dict)
     stages_ms: dict[str, float] = field(default_factory=dict)
 
@@ -134,11 +134,13 @@ class EdgeClient:
             encoding = time.monotonic()
             request_id = next(self._ids) % 2**32
             body = {"p": self.codec.encode(device.symbols[0].numpy())}
+            coded = time.monotonic()
             if not self.merge_on_device:
                 body["l"] = logits_to_bytes(local_logits.numpy())
             wire = encode_message(Message(MessageType.INFER_REQUEST, request_id, self.device_id,
                                           self.model_hash, body))
-            stages = {"device": encoding - started, "encode": time.monotonic() - encoding}
+            stages = {"device": encoding - started, "encode": time.monotonic() - encoding,
+                      "codec": coded - encoding}
             return self._offload(wire, request_id, local_logits, stages, started)
 
     async def ainfer(self, image: np.ndarray | torch.Tensor) -> Prediction:
@@ -152,13 +154,14 @@ class EdgeClient:
         if self.deadline_ms is not None:
             remaining = self.deadline_ms / 1e3 - (time.monotonic() - started)
             if remaining <= 0:
-                return self._local(local, "deadline: spent on the device", started)
+                return self._local(local, "deadline: spent on the device", started, stages)
             predicted = self.estimator.predict(len(wire) + int(self._reply_bytes))
             # Now and then send anyway: an estimate is only corrected by new samples,
             # so a link that got faster would otherwise never be used again.
             probing = time.monotonic() - self._last_sent > PROBE_INTERVAL_S
             if predicted is not None and predicted > remaining and not probing:
-                return self._local(local, f"deadline: link predicted {1e3 * predicted:.1f} ms", started)
+                return self._local(local, f"deadline: link predicted {1e3 * predicted:.1f} ms", started,
+                                   stages)
             timeout = min(timeout, remaining)
         self._requester.timeout = timeout
         sent = self._last_sent = time.monotonic()
@@ -168,18 +171,19 @@ class EdgeClient:
             # Lazy Pirate: drop the connection so a queued stale request is not served later.
             with contextlib.suppress(TransportError, zmq.ZMQError):
                 self._transport.reconnect()
-            return self._local(local, f"link: {exc}", started)
+            return self._local(local, f"link: {exc}", started, stages, sent)
         received = time.monotonic()
         self.estimator.observe(len(wire) + len(data), received - sent)
         self._reply_bytes = 0.8 * self._reply_bytes + 0.2 * len(data) if self._reply_bytes else len(data)
         reply = decode_message(data)
         if reply.type is MessageType.ERROR:
-            return self._local(local, f"server: {reply.body['code']}: {reply.body['reason']}", started)
+            return self._local(local, f"server: {reply.body['code']}: {reply.body['reason']}", started,
+                               stages, sent)
         expected = "lg" if self.merge_on_device else "pr"
         if (reply.type is not MessageType.INFER_REPLY
                 or len(reply.body.get(expected, b"")) != 2 * self.num_classes):
             return self._local(local, f"server: unexpected {reply.type.name} reply (no {expected!r})",
-                               started)
+                               started, stages, sent)
         if self.merge_on_device:
             remote = torch.from_numpy(logits_from_bytes(reply.body["lg"]))
             with torch.no_grad():
@@ -189,7 +193,8 @@ class EdgeClient:
         finished = time.monotonic()
         elapsed_ms = 1e3 * (finished - started)
         if self.deadline_ms is not None and elapsed_ms > self.deadline_ms:
-            return self._local(local, f"deadline: reply came after {elapsed_ms:.1f} ms", started)
+            return self._local(local, f"deadline: reply came after {elapsed_ms:.1f} ms", started,
+                               stages, sent)
         stages.update(transmit=last_uplink_seconds(self._transport), round_trip=received - sent,
                       merge=finished - received)
         return Prediction(int(probabilities.argmax()), probabilities, OFFLOADED, latency_ms=elapsed_ms,
@@ -197,9 +202,16 @@ class EdgeClient:
                           timings_ms=server_timings_ms(reply.body["tm"]),
                           stages_ms={name: 1e3 * seconds for name, seconds in stages.items()})
 
-    def _local(self, probabilities: np.ndarray, reason: str, started: float) -> Prediction:
+    def _local(self, probabilities: np.ndarray, reason: str, started: float,
+               stages: dict[str, float] | None = None, sent: float | None = None) -> Prediction:
+        """The local prediction; ``stages`` so far, plus the wait for a reply if one was sent."""
+        now = time.monotonic()
+        stages = dict(stages or {})
+        if sent is not None:
+            stages["round_trip"] = now - sent
         return Prediction(int(probabilities.argmax()), probabilities, LOCAL_FALLBACK, reason,
-                          latency_ms=1e3 * (time.monotonic() - started))
+                          latency_ms=1e3 * (now - started),
+                          stages_ms={name: 1e3 * seconds for name, seconds in stages.items()})
 
     def close(self) -> None:
         with self._lock:  # never under an infer() that is using the socket

@@ -149,11 +149,11 @@ def test_fewer_than_three_windows_are_not_stable() -> None:
 
 # ------------------------------------------------------------------ stages and summaries
 FULL_OUTCOME = Outcome(3, {"device": 2.0, "encode": 1.0, "transmit": 5.0, "queue": 0.5, "server": 1.5,
-                           "reply": 2.0, "merge": 0.25}, bytes_up=80, bytes_down=64)
+                           "reply": 2.0, "merge": 0.25}, bytes_up=80, bytes_down=64, codec_ms=0.4)
 
 
 def test_host_stages_are_the_measured_ones_and_add_up_to_the_latency() -> None:
-    stages = modelled_stages(FULL_OUTCOME, 1_000_000, DeviceModel(get_device("host"), 5e9))
+    stages = modelled_stages(FULL_OUTCOME, _scheme(1_000_000), DeviceModel(get_device("host"), 5e9))
     assert list(stages) == list(STAGES)
     assert stages == FULL_OUTCOME.stages_ms
     assert sum(stages.values()) == pytest.approx(FULL_OUTCOME.latency_ms) == pytest.approx(12.25)
@@ -161,7 +161,7 @@ def test_host_stages_are_the_measured_ones_and_add_up_to_the_latency() -> None:
 
 def test_missing_stages_are_zero() -> None:
     outcome = Outcome(1, {"device": 0.3})
-    stages = modelled_stages(outcome, 0, DeviceModel(get_device("host"), 5e9))
+    stages = modelled_stages(outcome, _scheme(0), DeviceModel(get_device("host"), 5e9))
     assert stages == {stage: (0.3 if stage == "device" else 0.0) for stage in STAGES}
     assert outcome.latency_ms == pytest.approx(0.3)
 
@@ -169,11 +169,13 @@ def test_missing_stages_are_zero() -> None:
 def test_modelled_stages_scale_only_the_device_side() -> None:
     host_rate = 3.1e9
     device = DeviceModel(get_device("stm32f746"), host_rate)
-    stages = modelled_stages(FULL_OUTCOME, 1_240_000, device)
+    scheme = _scheme(1_240_000)
+    scheme.merge_macs = 20
+    stages = modelled_stages(FULL_OUTCOME, scheme, device)
     slowdown = host_rate / STM32_RATE
     assert stages["device"] == pytest.approx(10.0)  # 1.24 M MACs at 124 M MAC/s
-    assert stages["encode"] == pytest.approx(1.0 * slowdown)
-    assert stages["merge"] == pytest.approx(0.25 * slowdown)
+    assert stages["encode"] == pytest.approx(0.4 * slowdown)  # the codec's share only, not the framing
+    assert stages["merge"] == pytest.approx(20 / STM32_RATE * 1e3)  # the merge's arithmetic
     for stage in ("transmit", "queue", "server", "reply"):  # the link and the server are not the device
         assert stages[stage] == FULL_OUTCOME.stages_ms[stage]
     assert FULL_OUTCOME.stages_ms["device"] == 2.0  # the outcome itself is left alone
@@ -226,7 +228,7 @@ def test_summarise_scores_accuracy_on_the_first_pass_only() -> None:
 
 
 def test_summarise_uses_the_modelled_device() -> None:
-    outcomes = [Outcome(0, {"device": 0.01, "encode": 0.01, "transmit": 1.0})] * 3
+    outcomes = [Outcome(0, {"device": 0.01, "encode": 0.03, "transmit": 1.0}, codec_ms=0.01)] * 3
     summary = summarise(_scheme(device_macs=2_480_000), outcomes, np.array([0, 0, 0]),
                         DeviceModel(get_device("stm32f746"), 1.24e9), BenchConfig(window=1))
     assert summary["stage_ms"]["device"] == pytest.approx(20.0)
@@ -359,7 +361,8 @@ def test_device_macs_are_counted_per_scheme(report: dict[str, Any]) -> None:
     model = load_checkpoint(DEFAULT_MODEL).build_model()
     config = model.config
     example = torch.zeros(1, config.in_channels, config.image_size, config.image_size)
-    assert schemes["agilenn"]["device_macs"] == count_macs(model, example, model.device_forward) > 0
+    quantize = config.remote_channels * config.feature_size**2 * config.n_centroids  # one per centroid
+    assert schemes["agilenn"]["device_macs"] == count_macs(model, example, model.device_forward) + quantize
     assert schemes["raw-offload"]["device_macs"] == schemes["jpeg-offload@q50"]["device_macs"] == 0
     assert schemes["split8@4"]["device_macs"] > schemes["agilenn"]["device_macs"]
     assert schemes["local-only-tiny-cnn"]["device_macs"] > 0
@@ -369,8 +372,9 @@ def test_the_stm32_model_turns_the_runs_macs_into_device_time(report: dict[str, 
     device = DeviceModel(get_device("stm32f746"), report["host_macs_per_second"])
     for name in ("agilenn", "split8@4"):
         macs = report["schemes"][name]["device_macs"]
-        outcome = Outcome(0, {"device": report["schemes"][name]["stage_ms"]["device"], "encode": 0.1})
-        stages = modelled_stages(outcome, macs, device)
+        outcome = Outcome(0, {"device": report["schemes"][name]["stage_ms"]["device"], "encode": 0.3},
+                          codec_ms=0.1)
+        stages = modelled_stages(outcome, _scheme(macs), device)
         assert stages["device"] == pytest.approx(macs / STM32_RATE * 1e3), name
         assert stages["encode"] == pytest.approx(0.1 * report["host_macs_per_second"] / STM32_RATE), name
     assert device.compute_ms(0.0, report["schemes"]["raw-offload"]["device_macs"]) == 0.0

@@ -54,7 +54,8 @@ def test_stages_and_server_timings_of_an_offloaded_prediction(server: RemoteServ
             prediction = client.infer(SAMPLE.images[0])
         assert prediction.source == OFFLOADED, prediction.reason
         stages = prediction.stages_ms
-        assert set(stages) == {"device", "encode", "transmit", "round_trip", "merge"}
+        assert set(stages) == {"device", "encode", "codec", "transmit", "round_trip", "merge"}
+        assert stages["codec"] <= stages["encode"]  # the feature codec is part of the encoding
         assert all(value >= 0 for value in stages.values()), stages
         assert stages["transmit"] <= stages["round_trip"]
         # The stages are measured inside the request, so they cannot exceed its latency.
@@ -97,6 +98,9 @@ def test_a_baseline_server_refusing_the_payload_gives_a_local_fallback(baseline_
         prediction = client.infer(SAMPLE.images[0])
     assert prediction.source == LOCAL_FALLBACK
     assert prediction.reason.startswith("server: bad-payload:"), prediction.reason
+    # a fallback after a reply still says where its time went: the device part and the wait
+    assert set(prediction.stages_ms) == {"device", "encode", "codec", "round_trip"}
+    assert sum(prediction.stages_ms.values()) - prediction.stages_ms["codec"] <= prediction.latency_ms + 0.01
     assert prediction.label == SAMPLE.labels[0]  # the local predictor still answers
     assert prediction.probabilities.shape == (10,)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -9,7 +10,8 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -65,6 +67,17 @@ def _ask(endpoint: str, data: bytes, request_id: int) -> Message:
     finally:
         client.close()
     return decode_message(reply)
+
+
+def _failing_once(real: Callable[..., Any], error: Exception) -> Callable[..., Any]:
+    """``real``, except that its first call raises ``error``."""
+    calls = itertools.count()
+
+    def wrapper(*args: Any) -> Any:
+        if next(calls) == 0:
+            raise error
+        return real(*args)
+    return wrapper
 
 
 def test_a_request_gets_the_merged_prediction(server: RemoteServer) -> None:
@@ -220,16 +233,9 @@ def test_a_failing_batch_is_answered_and_the_server_keeps_serving(monkeypatch: p
     """Review finding: one exception in the model killed the loop, leaving requests unanswered."""
     with RemoteServer(max_batch_size=4, max_queue_delay_us=1000) as server:
         model = server.server.served.model  # type: ignore[attr-defined]
-        real_remote = model.remote_logits
-        calls = {"n": 0}
-
-        def fail_once(symbols: torch.Tensor) -> torch.Tensor:
-            calls["n"] += 1
-            if calls["n"] == 1:
-                raise RuntimeError("simulated out-of-memory")  # a fault no input can produce
-            return real_remote(symbols)
-
-        monkeypatch.setattr(model, "remote_logits", fail_once)
+        # a fault no input can produce
+        monkeypatch.setattr(model, "remote_logits",
+                            _failing_once(model.remote_logits, RuntimeError("simulated out-of-memory")))
         first = _ask(server.endpoint, encode_message(_request(0, 3000)), 3000)
         second = _ask(server.endpoint, encode_message(_request(1, 3001)), 3001)
     assert first.type is MessageType.ERROR and first.body["code"] == "internal"
@@ -307,16 +313,8 @@ def test_an_unexpected_decoder_failure_costs_one_request_not_the_server(
 ) -> None:
     with RemoteServer() as server:
         served = server.server.served  # type: ignore[attr-defined]
-        real_prepare = served.prepare
-        calls = {"n": 0}
-
-        def explode_once(body: dict[str, object]) -> object:
-            calls["n"] += 1
-            if calls["n"] == 1:
-                raise MemoryError("simulated decoder failure")  # not a CodecError
-            return real_prepare(body)
-
-        monkeypatch.setattr(served, "prepare", explode_once)
+        # not a CodecError: a decoder bug
+        monkeypatch.setattr(served, "prepare", _failing_once(served.prepare, MemoryError("simulated")))
         first = _ask(server.endpoint, encode_message(_request(0, 20)), 20)
         second = _ask(server.endpoint, encode_message(_request(1, 21)), 21)
     assert first.type is MessageType.ERROR and first.body["code"] == "bad-payload"

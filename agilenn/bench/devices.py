@@ -4,11 +4,17 @@
 **model, not a measurement**:
 
 - device compute = the scheme's multiply-accumulates (counted by
-  :func:`agilenn.baselines.models.count_macs`) / the device's sustained MAC
-  rate with its vendor's neural-network kernels;
-- encode and merge (zstd, JPEG, msgpack, quantisation: not MAC-bound) = the
-  time measured here x (this host's MAC rate / the device's MAC rate), i.e.
-  the device is assumed to be slower at everything by the same factor.
+  :func:`agilenn.baselines.models.count_macs`, plus one per centroid for
+  every element AgileNN quantises) / the device's sustained MAC rate with its
+  vendor's neural-network kernels;
+- encode = the time this host spent in the payload codec (zstd, JPEG, 8-bit
+  quantisation: C code, not MAC-bound) x (this host's MAC rate / the
+  device's), i.e. the device is assumed slower at that work by the same
+  factor. The Python message framing is left out: firmware writes the
+  ~30-byte msgpack header directly, which costs microseconds;
+- merge = the reply arithmetic (AgileNN's weighted sum of two logit vectors,
+  2 MACs a class) / the MAC rate; decoding a ~70-byte reply is left out for
+  the same reason.
 
 The constants and where they come from are in :data:`DEVICE_PROFILES` and
 docs/BENCHMARKS.md. They carry the uncertainty of any cross-paper figure
@@ -99,3 +105,7 @@ class DeviceModel:
 
     def other_ms(self, measured_ms: float) -> float:
         return measured_ms * self.slowdown
+
+    def encode_ms(self, measured_ms: float, codec_ms: float) -> float:
+        """Host: all of encode as measured. A device: its payload codec only, scaled."""
+        return self.other_ms(codec_ms) if self.profile.modelled else measured_ms

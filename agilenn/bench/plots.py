@@ -34,6 +34,18 @@ def _title(report: dict[str, Any], what: str) -> str:
     return f"{what}\nlink {report['link']}, device {device}, {report['n']} MNIST test images"
 
 
+def _finish(figure: Any, axes: Any, report: dict[str, Any], path: Path, title: str, xlabel: str,
+            ylabel: str) -> None:
+    """Log x axis, grid, the legend outside on the right, title; then save."""
+    axes.set_xscale("log")
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    axes.set_title(_title(report, title), fontsize=10)
+    _save(figure, path)
+
+
 def _save(figure: Any, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -48,15 +60,9 @@ def plot_accuracy_vs_bytes(report: dict[str, Any], path: Path) -> None:
         marker = FAMILY_MARKERS[values["family"]]
         size = 160 if name == "agilenn" else 50
         axes.scatter(x, 100 * values["accuracy"], color=colours[name], marker=marker, s=size, zorder=3,
-                     label=name, edgecolors="black",
-                     linewidths=0.5)
-    axes.set_xscale("log")
-    axes.set_xlabel("bytes up per request (mean; local-only drawn at 1)")
-    axes.set_ylabel("accuracy (%)")
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    axes.set_title(_title(report, "Accuracy against bytes sent"), fontsize=10)
-    _save(figure, path)
+                     label=name, edgecolors="black", linewidths=0.5)
+    _finish(figure, axes, report, path, "Accuracy against bytes sent",
+            "bytes up per request (mean; local-only drawn at 1)", "accuracy (%)")
 
 
 def plot_latency_cdf(report: dict[str, Any], path: Path) -> None:
@@ -67,13 +73,8 @@ def plot_latency_cdf(report: dict[str, Any], path: Path) -> None:
         fraction = np.arange(1, len(latencies) + 1) / len(latencies)
         axes.step(latencies, fraction, where="post", label=name, color=colours[name],
                   linestyle=FAMILY_LINES[values["family"]], linewidth=2.4 if name == "agilenn" else 1.3)
-    axes.set_xscale("log")
-    axes.set_xlabel("end-to-end latency (ms, log scale)")
-    axes.set_ylabel("fraction of requests")
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    axes.set_title(_title(report, "Latency CDF per scheme"), fontsize=10)
-    _save(figure, path)
+    _finish(figure, axes, report, path, "Latency CDF per scheme", "end-to-end latency (ms, log scale)",
+            "fraction of requests")
 
 
 def plot_stage_breakdown(report: dict[str, Any], path: Path) -> None:

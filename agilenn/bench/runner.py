@@ -136,12 +136,12 @@ def _percentiles(values: np.ndarray) -> dict[str, float]:
     }
 
 
-def modelled_stages(outcome: Outcome, device_macs: int, device: DeviceModel) -> dict[str, float]:
-    """The outcome's stages with the device-side ones scaled to the device profile."""
+def modelled_stages(outcome: Outcome, scheme: Scheme, device: DeviceModel) -> dict[str, float]:
+    """The outcome's stages with the device-side ones turned into the device profile's."""
     stages = {stage: outcome.stages_ms.get(stage, 0.0) for stage in STAGES}
-    stages["device"] = device.compute_ms(stages["device"], device_macs)
-    stages["encode"] = device.other_ms(stages["encode"])
-    stages["merge"] = device.other_ms(stages["merge"])
+    stages["device"] = device.compute_ms(stages["device"], scheme.device_macs)
+    stages["encode"] = device.encode_ms(stages["encode"], outcome.codec_ms)
+    stages["merge"] = device.compute_ms(stages["merge"], scheme.merge_macs)
     return stages
 
 
@@ -169,7 +169,7 @@ def window_stability(latencies: np.ndarray, window: int, percentage: float) -> d
 def summarise(
     scheme: Scheme, outcomes: list[Outcome], labels: np.ndarray, device: DeviceModel, config: BenchConfig
 ) -> dict[str, Any]:
-    stages = [modelled_stages(outcome, scheme.device_macs, device) for outcome in outcomes]
+    stages = [modelled_stages(outcome, scheme, device) for outcome in outcomes]
     latencies = np.array([sum(s.values()) for s in stages])
     first_pass = outcomes[: len(labels)]
     offloaded = [o for o in outcomes if not o.failure] if scheme.offloads else []

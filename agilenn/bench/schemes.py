@@ -45,6 +45,7 @@ class Outcome:
     bytes_up: int = 0
     bytes_down: int = 0
     failure: str = ""  # why the server's answer was not used (the prediction is then local, or -1)
+    codec_ms: float = 0.0  # the payload codec's share of the encode stage (zstd, JPEG, quantisation)
 
     @property
     def latency_ms(self) -> float:
@@ -61,6 +62,7 @@ class Scheme:
     offloads: bool
     classify: Callable[[np.ndarray], Outcome]
     closers: list[Callable[[], None]] = field(default_factory=list)
+    merge_macs: int = 0  # the device's arithmetic on the reply: AgileNN's weighted sum of logits
 
     def close(self) -> None:
         for close in self.closers:
@@ -87,17 +89,23 @@ def agilenn_scheme(model_spec: str, server: str, link: LinkProfile | None, timeo
 
     def classify(image: np.ndarray) -> Outcome:
         prediction = client.infer(image)
-        if prediction.source != "offloaded":
-            return Outcome(prediction.label, {"device": prediction.latency_ms}, failure=prediction.reason)
         stages, server = prediction.stages_ms, prediction.timings_ms
+        if prediction.source != "offloaded":  # answered locally; any wait for the server counts as reply
+            waited = {"device": stages.get("device", prediction.latency_ms),
+                      "encode": stages.get("encode", 0.0), "reply": stages.get("round_trip", 0.0)}
+            return Outcome(prediction.label, waited, failure=prediction.reason)
         reply = stages["round_trip"] - stages["transmit"] - server["queue_ms"] - server["compute_ms"]
         return Outcome(prediction.label, {
             "device": stages["device"], "encode": stages["encode"], "transmit": stages["transmit"],
             "queue": server["queue_ms"], "server": server["compute_ms"], "reply": reply,
-            "merge": stages["merge"]}, prediction.bytes_up, prediction.bytes_down)
+            "merge": stages["merge"]}, prediction.bytes_up, prediction.bytes_down, codec_ms=stages["codec"])
 
-    macs = count_macs(model, torch.zeros(1, *image_shape(model.config)), model.device_forward)
-    return Scheme("agilenn", "agilenn", macs, True, classify, [client.close])
+    config = model.config
+    # Quantising is one subtract-and-compare per centroid for every offloaded element.
+    quantize_ops = config.remote_channels * config.feature_size**2 * config.n_centroids
+    macs = count_macs(model, torch.zeros(1, *image_shape(config)), model.device_forward) + quantize_ops
+    return Scheme("agilenn", "agilenn", macs, True, classify, [client.close],
+                  merge_macs=2 * config.num_classes)
 
 
 def image_shape(config: Any) -> tuple[int, int, int]:
@@ -144,7 +152,8 @@ class Offloader:
         self.device_id = device_id
         self._ids = itertools.count(1)
 
-    def exchange(self, payload: bytes, model_hash: bytes, device_ms: float, encode_started: float) -> Outcome:
+    def exchange(self, payload: bytes, model_hash: bytes, device_ms: float, encode_started: float,
+                 codec_ms: float) -> Outcome:
         request_id = next(self._ids)
         wire = encode_message(Message(MessageType.INFER_REQUEST, request_id, self.device_id, model_hash,
                                       {"p": payload}))
@@ -168,7 +177,7 @@ class Offloader:
         return Outcome(predicted, {
             "device": device_ms, "encode": encode_ms, "transmit": transmit_ms, "queue": queue_ms,
             "server": server_ms, "reply": round_trip_ms - transmit_ms - queue_ms - server_ms,
-            "merge": merge_ms}, len(wire), len(data))
+            "merge": merge_ms}, len(wire), len(data), codec_ms=codec_ms)
 
     def close(self) -> None:
         self.transport.close()
@@ -192,7 +201,8 @@ def baseline_schemes(checkpoint: BaselineCheckpoint, server: str, link: LinkProf
     def image_scheme(name: str, family: str, encode: Callable[[np.ndarray], bytes]) -> Scheme:
         def classify(image: np.ndarray) -> Outcome:
             started = time.perf_counter()
-            return offloader.exchange(encode(image), model_hash, 0.0, started)
+            payload, codec_ms = _timed(lambda: encode(image))
+            return offloader.exchange(payload, model_hash, 0.0, started, codec_ms)
         return Scheme(name, family, 0, True, classify)
 
     if "raw-offload" in families:
@@ -209,8 +219,8 @@ def baseline_schemes(checkpoint: BaselineCheckpoint, server: str, link: LinkProf
                 with torch.no_grad():
                     activation, device_ms = _timed(lambda: head(_as_input(image)))
                 started = time.perf_counter()
-                return offloader.exchange(payloads.encode_split8(activation[0].numpy(), split), model_hash,
-                                          device_ms, started)
+                payload, codec_ms = _timed(lambda: payloads.encode_split8(activation[0].numpy(), split))
+                return offloader.exchange(payload, model_hash, device_ms, started, codec_ms)
 
             schemes.append(Scheme(f"split8@{split}", "split8", count_macs(head, torch.zeros(1, 1, 28, 28)),
                                   True, classify))
