@@ -135,12 +135,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         print_json(summary)
     else:
+        reasons = f" {summary['fallback_reasons']}" if summary["fallbacks"] else ""
         print(f"{summary['requests']} inferences over {args.link} in {summary['seconds']} s\n"
               f"  accuracy     {summary['accuracy']:.3f}\n"
               f"  latency ms   p50 {summary['latency_ms']['p50']}  p95 {summary['latency_ms']['p95']}"
               f"  p99 {summary['latency_ms']['p99']}\n"
               f"  bytes/request  {summary['bytes_up_mean']} up, {summary['bytes_down_mean']} down\n"
-              f"  fallbacks    {summary['fallbacks']} {summary['fallback_reasons'] or ''}\n"
+              f"  fallbacks    {summary['fallbacks']}{reasons}\n"
               f"  server exit  {server_exit}")
         if mcu:
             print(f"{mcu['requests']} inferences from a simulated MCU on a pty, through the serial gateway\n"
