@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import threading
 
 from transports.curve import CurveClientConfig
@@ -26,11 +27,14 @@ from transports.messages import (
 from transports.reliable import ReliableLink
 from transports.zmq_transport import Requester, ZmqClientTransport
 
+log = logging.getLogger("agilenn.gateway")
+
 
 class SerialGateway:
     def __init__(self, link: ReliableLink, server: str, timeout_s: float = 1.0,
-                 curve: CurveClientConfig | None = None) -> None:
+                 curve: CurveClientConfig | None = None, reply_timeout_s: float = 10.0) -> None:
         self.link = link
+        self.reply_timeout_s = reply_timeout_s
         self._client = ZmqClientTransport(server, curve=curve)
         self._requester = Requester(self._client, timeout=timeout_s, attempts=2)
         self.stats = collections.Counter[str]()
@@ -38,8 +42,15 @@ class SerialGateway:
     def serve(self, should_exit: threading.Event) -> None:
         while not should_exit.is_set():
             data = self.link.recv(0.1)
-            if data is not None:
-                self.link.send(self.forward(data), timeout=10.0)
+            if data is None:
+                continue
+            reply = self.forward(data)
+            try:
+                self.link.send(reply, timeout=self.reply_timeout_s)
+            except TransportError as exc:
+                # The MCU stopped acknowledging (rebooted, unplugged): say so and serve on.
+                self.stats["reply-undeliverable"] += 1
+                log.warning("answer to request %d not delivered to the MCU: %s", request_id_of(reply), exc)
 
     def forward(self, data: bytes) -> bytes:
         """The answer for one message from the MCU: the server's, or an ERROR."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -98,3 +99,37 @@ def test_edge_cli_gateway_process_relays_and_stops_on_sigterm() -> None:
     assert [source for _, source in results] == ["offloaded"] * 3
     assert [label for label, _ in results] == [int(label) for label in labels]
     assert stats == {"forwarded": 3}
+
+
+def test_an_mcu_that_stops_acknowledging_costs_one_answer_not_the_gateway() -> None:
+    """Review finding: an unacknowledged answer to the MCU ended the gateway daemon."""
+    from transports.messages import Message, encode_message
+    from transports.pipe import MemoryPipe
+
+    mute = threading.Event()  # while set, nothing from the MCU reaches the gateway (its ACKs included)
+    gateway_end, mcu_end = MemoryPipe.pair(b_to_a=lambda data: [] if mute.is_set() else [data])
+    with RemoteServer() as server, ReliableLink(gateway_end, FAST) as edge_link, \
+            ReliableLink(mcu_end, FAST) as mcu_link:
+        gateway = SerialGateway(edge_link, server.endpoint, timeout_s=0.5, reply_timeout_s=0.5)
+        stop = threading.Event()
+        thread = threading.Thread(target=gateway.serve, args=(stop,))
+        thread.start()
+        try:
+            ping = encode_message(Message(MessageType.PING, 1, "mcu-mute"))
+            mcu_link.send(ping, timeout=5)  # delivered and acknowledged; then the MCU goes quiet
+            mute.set()
+            for _ in range(100):  # up to 5 s for the 0.5 s reply timeout to pass
+                if gateway.stats["reply-undeliverable"] or not thread.is_alive():
+                    break
+                time.sleep(0.05)
+            assert thread.is_alive()  # still serving
+            assert gateway.stats["reply-undeliverable"] == 1
+            mute.clear()  # the MCU is back: it is answered again
+            mcu_link.send(encode_message(Message(MessageType.PING, 2, "mcu-mute")), timeout=5)
+            answers = (decode_message(data) for data in iter(lambda: mcu_link.recv(5.0), None))
+            answer = next((a for a in answers if a.request_id == 2), None)  # skips the late PONG 1
+            assert answer is not None and answer.type is MessageType.PONG
+        finally:
+            stop.set()
+            thread.join()
+            gateway.close()

@@ -98,8 +98,11 @@ def run_mcu(model: str, server: str, count: int) -> dict[str, Any]:
             mcu = McuSimulator(link, "mcu-demo-0", "0.1.0", bytes.fromhex(checkpoint.model_hash))
             results = [mcu.infer(network, codec, image, request_id=index + 1, timeout=10)
                        for index, image in enumerate(images)]
+            # Stop the gateway while the MCU is still on the line: it may be waiting for the
+            # MCU's acknowledgement of the last answer.
+            stop_process(gateway)
     finally:
-        gateway_exit = stop_process(gateway)
+        gateway_exit = stop_process(gateway)  # a no-op returning the exit code if already stopped
         with gateway:  # closes its stdout pipe
             gateway_output = gateway.stdout.read() if gateway.stdout else ""
     gateway_stats = json.loads(gateway_output or "{}")
