@@ -171,19 +171,19 @@ class EdgeClient:
             # Lazy Pirate: drop the connection so a queued stale request is not served later.
             with contextlib.suppress(TransportError, zmq.ZMQError):
                 self._transport.reconnect()
-            return self._local(local, f"link: {exc}", started, stages, sent)
+            return self._local(local, f"link: {exc}", started, stages, sent, len(wire))
         received = time.monotonic()
         self.estimator.observe(len(wire) + len(data), received - sent)
         self._reply_bytes = 0.8 * self._reply_bytes + 0.2 * len(data) if self._reply_bytes else len(data)
         reply = decode_message(data)
         if reply.type is MessageType.ERROR:
             return self._local(local, f"server: {reply.body['code']}: {reply.body['reason']}", started,
-                               stages, sent)
+                               stages, sent, len(wire), len(data))
         expected = "lg" if self.merge_on_device else "pr"
         if (reply.type is not MessageType.INFER_REPLY
                 or len(reply.body.get(expected, b"")) != 2 * self.num_classes):
             return self._local(local, f"server: unexpected {reply.type.name} reply (no {expected!r})",
-                               started, stages, sent)
+                               started, stages, sent, len(wire), len(data))
         if self.merge_on_device:
             remote = torch.from_numpy(logits_from_bytes(reply.body["lg"]))
             with torch.no_grad():
@@ -194,7 +194,7 @@ class EdgeClient:
         elapsed_ms = 1e3 * (finished - started)
         if self.deadline_ms is not None and elapsed_ms > self.deadline_ms:
             return self._local(local, f"deadline: reply came after {elapsed_ms:.1f} ms", started,
-                               stages, sent)
+                               stages, sent, len(wire), len(data))
         stages.update(transmit=last_uplink_seconds(self._transport), round_trip=received - sent,
                       merge=finished - received)
         return Prediction(int(probabilities.argmax()), probabilities, OFFLOADED, latency_ms=elapsed_ms,
@@ -203,14 +203,16 @@ class EdgeClient:
                           stages_ms={name: 1e3 * seconds for name, seconds in stages.items()})
 
     def _local(self, probabilities: np.ndarray, reason: str, started: float,
-               stages: dict[str, float] | None = None, sent: float | None = None) -> Prediction:
-        """The local prediction; ``stages`` so far, plus the wait for a reply if one was sent."""
+               stages: dict[str, float] | None = None, sent: float | None = None,
+               bytes_up: int = 0, bytes_down: int = 0) -> Prediction:
+        """The local prediction; ``stages`` so far, plus the wait for a reply if one was sent,
+        and the bytes that did cross the link."""
         now = time.monotonic()
         stages = dict(stages or {})
         if sent is not None:
             stages["round_trip"] = now - sent
         return Prediction(int(probabilities.argmax()), probabilities, LOCAL_FALLBACK, reason,
-                          latency_ms=1e3 * (now - started),
+                          latency_ms=1e3 * (now - started), bytes_up=bytes_up, bytes_down=bytes_down,
                           stages_ms={name: 1e3 * seconds for name, seconds in stages.items()})
 
     def close(self) -> None:

@@ -25,7 +25,7 @@ import torch
 from agilenn.errors import CodecError
 from transports.broker import BrokerWorkerTransport
 from transports.curve import CurveServerConfig
-from transports.errors import PeerUnreachable, QueueFull
+from transports.errors import TransportError
 from transports.messages import (
     Message,
     MessageType,
@@ -163,6 +163,8 @@ class Server:
     def _run_batch(self, batch: list[_Pending]) -> None:
         started = time.monotonic()
         bodies = self.served.run([item.prepared for item in batch])
+        if len(bodies) != len(batch):  # checked before any reply goes out, so none is answered twice
+            raise RuntimeError(f"the model gave {len(bodies)} results for a batch of {len(batch)}")
         compute = time.monotonic() - started
         self.metrics.batch_size.observe(len(batch))
         self.metrics.compute_seconds.observe(compute)
@@ -193,7 +195,7 @@ class Server:
     def _deliver(self, identity: bytes, data: bytes, message: Message) -> None:
         try:
             self.transport.send(identity, data)
-        except (PeerUnreachable, QueueFull) as exc:
+        except TransportError as exc:
             # The device is gone or not reading; its Requester retries on a new connection.
             self.metrics.failures.labels(reason="reply-undeliverable").inc()
             log.warning("reply %d to %s not delivered: %s", message.request_id, message.device_id, exc)

@@ -626,3 +626,11 @@ def test_classifier_accuracy_counts_correct_predictions() -> None:
     expected = float((SAMPLE.labels == 7).mean())
     assert classifier_accuracy(Oracle(), SAMPLE, batch_size=300) == pytest.approx(expected)
     assert 0.05 < expected < 0.2
+
+
+def test_build_model_refuses_arch_arguments_the_arch_does_not_take() -> None:
+    """Review finding: a TypeError escaped instead of a CheckpointError."""
+    checkpoint = load_baseline("mnist-tiny-cnn")
+    checkpoint.arch_kwargs = {"width": 11, "depth": 3}
+    with pytest.raises(CheckpointError, match="does not take"):
+        checkpoint.build_model()

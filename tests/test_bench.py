@@ -409,6 +409,8 @@ def test_write_plots_writes_three_pngs(report: dict[str, Any], tmp_path: Path) -
     ({"families": ("agilenn", "teleport")}, "unknown schemes \\['teleport'\\]"),
     ({"n": 5, "window": 10}, "must be at least one window"),
     ({"n": 995, "warmup": 10}, "n \\+ warmup = 1005"),
+    ({"n": 0, "window": 0}, "must be at least 1"),  # review finding: divided by zero
+    ({"n": 10, "window": 0}, "must be at least 1"),
 ])
 def test_run_bench_refuses_bad_configs(changes: dict[str, Any], message: str) -> None:
     config = BenchConfig(**{**SMALL, **changes})
@@ -525,3 +527,14 @@ def test_a_scheme_that_fails_to_build_leaves_the_others_closed(
         ["bench", "--quiet", "--schemes", "agilenn,local-only", "--tiny", str(missing), *SMALL_RUN])
     assert code == 2 and str(missing) in capsys.readouterr().err
     assert unclosed == []  # the agilenn scheme's EdgeClient was already connected
+
+
+def test_modelled_encode_scales_the_schemes_median_codec_time_not_each_sample() -> None:
+    """Review finding: per-sample scaling turned 0.1 ms of host jitter into ~10 ms of modelled tail."""
+    outcomes = [Outcome(0, {"encode": 0.5}, codec_ms=codec) for codec in (0.1, 0.1, 0.1, 2.0)]
+    device = DeviceModel(get_device("stm32f746"), 124e8)  # a slowdown of 100
+    summary = summarise(_scheme(), outcomes, np.zeros(4, dtype=np.int64), device, BenchConfig(window=1))
+    assert summary["latency_ms"]["p99"] == pytest.approx(10.0)  # the median 0.1 ms x 100, every request
+    host = summarise(_scheme(), outcomes, np.zeros(4, dtype=np.int64),
+                     DeviceModel(get_device("host"), 124e8), BenchConfig(window=1))
+    assert host["latency_ms"]["p50"] == pytest.approx(0.5)  # the host keeps what it measured

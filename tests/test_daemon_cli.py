@@ -87,12 +87,16 @@ def test_edge_reads_pictures_converts_them_and_reports_unreadable_files(
     Image.fromarray(big).save(tmp_path / "003.bmp")
     (tmp_path / "004.png").write_bytes(b"not a png at all")
     np.save(tmp_path / "005.npy", np.zeros((3, 5), np.uint8))
+    (tmp_path / "006.pgm").write_bytes(b"P5\n28 28\n999999999999\n")  # Pillow: ValueError, not OSError
+    Image.fromarray(SAMPLE.images[5, 0]).save(tmp_path / "007.png")
     (tmp_path / "notes.txt").write_text("skipped: not an image")
     with RemoteServer() as server:
         assert main(["edge", "--server", server.endpoint, "--source", str(tmp_path)]) == 0
     lines = _lines(capsys)
-    assert [line["index"] for line in lines] == [0, 1, 2, 3, 4, 5]
+    assert [line["index"] for line in lines] == [0, 1, 2, 3, 4, 5, 6, 7]  # bad files do not stop the run
     assert [line["predicted"] for line in lines[:4]] == [int(label) for label in SAMPLE.labels[:4]]
     assert all(line["source"] == "offloaded" for line in lines[:4])
     assert "004.png: not a readable image" in lines[4]["error"]
     assert "005.npy: shape (3, 5)" in lines[5]["error"]
+    assert "006.pgm: not a readable image" in lines[6]["error"]
+    assert lines[7]["predicted"] == int(SAMPLE.labels[5]) and lines[7]["source"] == "offloaded"

@@ -98,6 +98,7 @@ def test_a_baseline_server_refusing_the_payload_gives_a_local_fallback(baseline_
         prediction = client.infer(SAMPLE.images[0])
     assert prediction.source == LOCAL_FALLBACK
     assert prediction.reason.startswith("server: bad-payload:"), prediction.reason
+    assert prediction.bytes_up > 0 and prediction.bytes_down > 0  # review finding: they were counted as 0
     # a fallback after a reply still says where its time went: the device part and the wait
     assert set(prediction.stages_ms) == {"device", "encode", "codec", "round_trip"}
     assert sum(prediction.stages_ms.values()) - prediction.stages_ms["codec"] <= prediction.latency_ms + 0.01

@@ -319,3 +319,24 @@ def test_an_unexpected_decoder_failure_costs_one_request_not_the_server(
         second = _ask(server.endpoint, encode_message(_request(1, 21)), 21)
     assert first.type is MessageType.ERROR and first.body["code"] == "bad-payload"
     assert second.type is MessageType.INFER_REPLY
+
+
+def test_a_model_that_returns_too_few_results_gets_each_request_one_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review finding: replies went out for part of the batch, then every request got an ERROR too."""
+    with RemoteServer(max_batch_size=4, max_queue_delay_us=200_000) as server:
+        served = server.server.served  # type: ignore[attr-defined]
+        real_run = served.run
+        monkeypatch.setattr(served, "run", lambda prepared: real_run(prepared)[:-1])  # a broken model
+        client = ZmqClientTransport(server.endpoint)
+        try:
+            for request_id in (30, 31, 32):
+                client.send(encode_message(_request(request_id - 30, request_id)))
+            replies = []
+            while (data := client.recv(2.0)) is not None:
+                replies.append(decode_message(data))
+        finally:
+            client.close()
+    assert sorted(r.request_id for r in replies) == [30, 31, 32]
+    assert all(r.type is MessageType.ERROR and r.body["code"] == "internal" for r in replies)

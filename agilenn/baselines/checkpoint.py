@@ -49,7 +49,10 @@ class BaselineCheckpoint:
             factory = BASELINE_ARCHS[self.arch]
         except KeyError:
             raise CheckpointError(f"unknown baseline arch {self.arch!r}") from None
-        model = factory(**self.arch_kwargs)
+        try:
+            model = factory(**self.arch_kwargs)
+        except TypeError as exc:
+            raise CheckpointError(f"arch {self.arch!r} does not take {self.arch_kwargs}: {exc}") from None
         try:
             model.load_state_dict(self.state_dict)
         except RuntimeError as exc:

@@ -70,22 +70,23 @@ def get_device(name: str) -> DeviceProfile:
         raise ValueError(f"unknown device profile {name!r}; known: {known}") from None
 
 
-def host_macs_per_second(repeats: int = 30) -> float:
-    """This machine's MAC rate on a batch-1 CNN, the yardstick for scaling non-MAC work.
+def host_macs_per_second(repeats: int = 50, warmup: int = 10) -> float:
+    """This machine's MAC rate on a batch-1 CNN, the yardstick for scaling codec work.
 
     Median over ``repeats`` forward passes of the baseline full CNN
-    (5.5 M MACs), run as the device would: one image at a time.
+    (5.5 M MACs) after ``warmup`` unmeasured ones, run as the device would:
+    one image at a time, on the caller's torch thread setting (the bench sets one).
     """
     model = FullCNN().eval()
     example = torch.rand(1, 1, 28, 28)
     macs = count_macs(model, example)
     timings = []
     with torch.no_grad():
-        for _ in range(repeats + 3):
+        for _ in range(repeats + warmup):
             started = time.perf_counter()
             model(example)
             timings.append(time.perf_counter() - started)
-    timings = sorted(timings[3:])
+    timings = sorted(timings[warmup:])
     return macs / timings[len(timings) // 2]
 
 

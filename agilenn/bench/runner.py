@@ -136,11 +136,18 @@ def _percentiles(values: np.ndarray) -> dict[str, float]:
     }
 
 
-def modelled_stages(outcome: Outcome, scheme: Scheme, device: DeviceModel) -> dict[str, float]:
-    """The outcome's stages with the device-side ones turned into the device profile's."""
+def modelled_stages(
+    outcome: Outcome, scheme: Scheme, device: DeviceModel, codec_ms: float | None = None
+) -> dict[str, float]:
+    """The outcome's stages with the device-side ones turned into the device profile's.
+
+    ``codec_ms`` replaces the outcome's own codec time when given: a device's codec
+    time depends on the payload, not on this host's scheduling jitter, so the
+    report scales the scheme's median.
+    """
     stages = {stage: outcome.stages_ms.get(stage, 0.0) for stage in STAGES}
     stages["device"] = device.compute_ms(stages["device"], scheme.device_macs)
-    stages["encode"] = device.encode_ms(stages["encode"], outcome.codec_ms)
+    stages["encode"] = device.encode_ms(stages["encode"], outcome.codec_ms if codec_ms is None else codec_ms)
     stages["merge"] = device.compute_ms(stages["merge"], scheme.merge_macs)
     return stages
 
@@ -166,10 +173,18 @@ def window_stability(latencies: np.ndarray, window: int, percentage: float) -> d
     }
 
 
+def _stages(scheme: Scheme, outcomes: list[Outcome], device: DeviceModel) -> list[dict[str, float]]:
+    typical_codec = float(np.median([o.codec_ms for o in outcomes])) if outcomes else 0.0
+    return [
+        modelled_stages(o, scheme, device, typical_codec if device.profile.modelled else None)
+        for o in outcomes
+    ]
+
+
 def summarise(
     scheme: Scheme, outcomes: list[Outcome], labels: np.ndarray, device: DeviceModel, config: BenchConfig
 ) -> dict[str, Any]:
-    stages = [modelled_stages(outcome, scheme, device) for outcome in outcomes]
+    stages = _stages(scheme, outcomes, device)
     latencies = np.array([sum(s.values()) for s in stages])
     first_pass = outcomes[: len(labels)]
     offloaded = [o for o in outcomes if not o.failure] if scheme.offloads else []
@@ -225,7 +240,9 @@ def comparisons(schemes: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ the run
-def _measure(scheme: Scheme, images: np.ndarray, warmup: np.ndarray, config: BenchConfig) -> list[Outcome]:
+def _measure(
+    scheme: Scheme, images: np.ndarray, warmup: np.ndarray, config: BenchConfig, device: DeviceModel
+) -> list[Outcome]:
     for image in warmup:
         scheme.classify(image)
     outcomes: list[Outcome] = []
@@ -245,7 +262,7 @@ def _measure(scheme: Scheme, images: np.ndarray, warmup: np.ndarray, config: Ben
                 bar.update()
             if not config.until_stable or len(outcomes) >= config.max_windows * config.window:
                 return outcomes
-            latencies = np.array([o.latency_ms for o in outcomes])
+            latencies = np.array([sum(s.values()) for s in _stages(scheme, outcomes, device)])
             if window_stability(latencies, config.window, config.stability_percentage)["stable"]:
                 return outcomes
             total += config.window
@@ -265,12 +282,14 @@ def run_bench(
         raise BenchError(
             f"{config.dataset} has {len(dataset)} test images; n + warmup = {config.n + config.warmup}"
         )
+    if config.n < 1 or config.window < 1:
+        raise BenchError(f"n ({config.n}) and window ({config.window}) must be at least 1")
     if config.n < config.window:
         raise BenchError(f"n ({config.n}) must be at least one window ({config.window})")
     images, labels = dataset.images[: config.n], dataset.labels[: config.n]
     warmup = dataset.images[len(dataset) - config.warmup :] if config.warmup else dataset.images[:0]
     link = get_profile(config.link)
-    device = DeviceModel(get_device(config.device), host_macs_per_second())
+    device_profile = get_device(config.device)
     families = set(config.families)
     results: dict[str, dict[str, Any]] = {}
     with ExitStack() as stack:
@@ -285,6 +304,8 @@ def run_bench(
         stack.callback(torch.set_num_threads, previous_threads)
         # The device is one core (an MCU has one); more intra-op threads would also fight the servers.
         torch.set_num_threads(1)
+        # Measured like the device stages: one thread, after the change above.
+        device = DeviceModel(device_profile, host_macs_per_second())
         if "agilenn" in families:
             endpoint = stack.enter_context(running_server(config.model))
             add(agilenn_scheme(config.model, endpoint, link, config.timeout_s, config.seed))
@@ -307,7 +328,7 @@ def run_bench(
             )
         for scheme in schemes:
             results[scheme.name] = summarise(
-                scheme, _measure(scheme, images, warmup, config), labels, device, config
+                scheme, _measure(scheme, images, warmup, config, device), labels, device, config
             )
             if on_scheme is not None:
                 on_scheme(scheme.name, results[scheme.name])
@@ -318,6 +339,7 @@ def run_bench(
         "device_modelled": device.profile.modelled,
         "device_model_source": device.profile.source,
         "host_macs_per_second": round(device.host_macs_per_second),
+        "host_torch_threads": 1,
         "device_slowdown": round(device.slowdown, 2),
         "dataset": config.dataset,
         "n": config.n,

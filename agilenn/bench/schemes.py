@@ -93,7 +93,8 @@ def agilenn_scheme(model_spec: str, server: str, link: LinkProfile | None, timeo
         if prediction.source != "offloaded":  # answered locally; any wait for the server counts as reply
             waited = {"device": stages.get("device", prediction.latency_ms),
                       "encode": stages.get("encode", 0.0), "reply": stages.get("round_trip", 0.0)}
-            return Outcome(prediction.label, waited, failure=prediction.reason)
+            return Outcome(prediction.label, waited, prediction.bytes_up, prediction.bytes_down,
+                           failure=prediction.reason)
         reply = stages["round_trip"] - stages["transmit"] - server["queue_ms"] - server["compute_ms"]
         return Outcome(prediction.label, {
             "device": stages["device"], "encode": stages["encode"], "transmit": stages["transmit"],

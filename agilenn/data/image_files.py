@@ -37,7 +37,7 @@ def load_image_file(path: Path, channels: int, size: int) -> np.ndarray:
             if converted.size != (size, size):
                 converted = converted.resize((size, size), Image.Resampling.BILINEAR)
             pixels = np.asarray(converted, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"{path}: not a readable image ({exc})") from exc
     return pixels[np.newaxis] if channels == 1 else pixels.transpose(2, 0, 1).copy()
 
