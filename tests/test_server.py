@@ -277,6 +277,20 @@ def test_server_cli_reports_bad_settings_without_a_traceback(capsys: pytest.Capt
         ServerConfig(max_batch_size="8")  # type: ignore[arg-type]
 
 
+def _all_replies(endpoint: str, requests: list[Message]) -> list[Message]:
+    """Send ``requests`` together (so they share a batch) and collect every reply until 2 s of quiet."""
+    client = ZmqClientTransport(endpoint)
+    try:
+        for request in requests:
+            client.send(encode_message(request))
+        replies = []
+        while (data := client.recv(2.0)) is not None:
+            replies.append(decode_message(data))
+    finally:
+        client.close()
+    return replies
+
+
 def test_an_invalid_result_fails_only_its_own_request_and_each_is_answered_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -291,16 +305,8 @@ def test_an_invalid_result_fails_only_its_own_request_and_each_is_answered_once(
             return bodies
 
         monkeypatch.setattr(served, "run", nan_for_the_first)
-        client = ZmqClientTransport(server.endpoint)
-        try:
-            for request_id in (10, 11, 12):  # sent together, so they share one batch
-                request = _request(request_id - 10, request_id)
-                client.send(encode_message(request._replace(body={"p": request.body["p"]})))
-            replies = []
-            while (data := client.recv(2.0)) is not None:
-                replies.append(decode_message(data))
-        finally:
-            client.close()
+        requests = [_request(i, 10 + i) for i in range(3)]
+        replies = _all_replies(server.endpoint, [r._replace(body={"p": r.body["p"]}) for r in requests])
     assert sorted(r.request_id for r in replies) == [10, 11, 12]  # each answered exactly once
     errors = [r for r in replies if r.type is MessageType.ERROR]
     assert len(errors) == 1 and errors[0].request_id == 10 and errors[0].body["code"] == "internal"
@@ -329,14 +335,6 @@ def test_a_model_that_returns_too_few_results_gets_each_request_one_error(
         served = server.server.served  # type: ignore[attr-defined]
         real_run = served.run
         monkeypatch.setattr(served, "run", lambda prepared: real_run(prepared)[:-1])  # a broken model
-        client = ZmqClientTransport(server.endpoint)
-        try:
-            for request_id in (30, 31, 32):
-                client.send(encode_message(_request(request_id - 30, request_id)))
-            replies = []
-            while (data := client.recv(2.0)) is not None:
-                replies.append(decode_message(data))
-        finally:
-            client.close()
+        replies = _all_replies(server.endpoint, [_request(i, 30 + i) for i in range(3)])
     assert sorted(r.request_id for r in replies) == [30, 31, 32]
     assert all(r.type is MessageType.ERROR and r.body["code"] == "internal" for r in replies)
