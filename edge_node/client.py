@@ -83,11 +83,16 @@ class LinkEstimator:
         return float((y - slope * x) / n + slope * size)
 
 
+_TIMING_NAMES = {"q": ("queue_ms", 1e-3), "s": ("compute_ms", 1e-3), "b": ("batch", 1)}
+
+
 def server_timings_ms(compact: dict[str, float]) -> dict[str, float]:
-    """The reply's ``tm`` (whole microseconds under one-letter keys) in readable milliseconds."""
-    names = {"q": "queue_ms", "s": "compute_ms"}
-    return {names.get(key, "batch" if key == "b" else key): value / 1e3 if key in names else value
-            for key, value in compact.items()}
+    """The reply's ``tm`` (whole microseconds under one-letter keys) with readable names, in ms."""
+    readable = {}
+    for key, value in compact.items():
+        name, scale = _TIMING_NAMES.get(key, (key, 1))
+        readable[name] = value * scale
+    return readable
 
 
 class EdgeClient:
