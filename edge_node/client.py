@@ -19,7 +19,6 @@ import itertools
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +27,7 @@ import zmq
 from agilenn.cli.common import load_checkpoint
 from agilenn.codec import FeatureCodec
 from transports.curve import CurveClientConfig
-from transports.emulator import EmulatedTransport, LinkProfile, get_profile, last_uplink_seconds
+from transports.emulator import LinkProfile, last_uplink_seconds
 from transports.errors import TransportError
 from transports.messages import (
     Message,
@@ -39,7 +38,7 @@ from transports.messages import (
     logits_to_bytes,
     request_id_of,
 )
-from transports.zmq_transport import Requester, ZmqClientTransport
+from transports.zmq_transport import Requester, open_client
 
 PROBE_INTERVAL_S = 1.0
 OFFLOADED = "offloaded"
@@ -118,11 +117,7 @@ class EdgeClient:
         self._ids = itertools.count(1)
         self._requester: Requester | None = None
         if server is not None:
-            transport: Any = ZmqClientTransport(server, curve=curve)
-            if link is not None:
-                profile = get_profile(link) if isinstance(link, str) else link
-                transport = EmulatedTransport(transport, profile, seed=seed)
-            self._transport = transport
+            self._transport = open_client(server, link, seed=seed, curve=curve)
             self._requester = Requester(self._transport, timeout=timeout_s, attempts=1)
 
     def infer(self, image: np.ndarray | torch.Tensor) -> Prediction:

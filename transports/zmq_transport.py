@@ -27,7 +27,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
 from .curve import CurveClientConfig, CurveServerConfig, configure_client, configure_server
-from .emulator import MessageTransport
+from .emulator import EmulatedTransport, LinkProfile, MessageTransport, get_profile
 from .curve import start_authenticator
 from .errors import DeliveryFailed, PeerUnreachable, QueueFull, RequestTimeout, TransportClosed
 from .errors import TransportError
@@ -36,6 +36,15 @@ log = logging.getLogger("agilenn.transports.zmq")
 # Above the schema's 256 KiB limit, so a slightly oversized message still gets a
 # typed "too-large" error reply; far larger ones are cut off at the socket.
 MAX_WIRE_MESSAGE_BYTES = 1024 * 1024
+
+
+def open_client(endpoint: str, link: str | LinkProfile | None = None, *, seed: int = 0,
+                curve: CurveClientConfig | None = None) -> MessageTransport:
+    """A client transport to ``endpoint``; with ``link``, behind that emulated link."""
+    client = ZmqClientTransport(endpoint, curve=curve)
+    if link is None:
+        return client
+    return EmulatedTransport(client, get_profile(link) if isinstance(link, str) else link, seed=seed)
 
 
 def free_loopback_endpoint() -> str:

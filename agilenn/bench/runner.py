@@ -46,6 +46,7 @@ from .schemes import (
     baseline_schemes,
     tiny_cnn_scheme,
 )
+from .stats import latency_percentiles
 
 BASELINE_FAMILIES = {"raw-offload", "jpeg-offload", "split8"}
 GOALS = {"bytes_up_vs_raw": 0.5, "accuracy_gap_pp": 0.5, "p50_vs_raw": 0.5, "p50_vs_split8": 1 / 6}
@@ -130,12 +131,6 @@ def running_server(model: str) -> Iterator[str]:
 
 
 # ------------------------------------------------------------------ statistics
-def _percentiles(values: np.ndarray) -> dict[str, float]:
-    return {
-        name: round(float(np.percentile(values, q)), 3) for name, q in (("p50", 50), ("p95", 95), ("p99", 99))
-    }
-
-
 def modelled_stages(
     outcome: Outcome, scheme: Scheme, device: DeviceModel, codec_ms: float | None = None
 ) -> dict[str, float]:
@@ -193,7 +188,7 @@ def summarise(
         "accuracy": round(
             float(np.mean([o.predicted == label for o, label in zip(first_pass, labels, strict=True)])), 4
         ),
-        "latency_ms": _percentiles(latencies),
+        "latency_ms": latency_percentiles(latencies),
         "stage_ms": {stage: round(float(np.mean([s[stage] for s in stages])), 3) for stage in STAGES},
         "bytes_up_mean": round(float(np.mean([o.bytes_up for o in outcomes])), 1),
         "bytes_down_mean": round(float(np.mean([o.bytes_down for o in outcomes])), 1),

@@ -24,10 +24,10 @@ from torch import nn
 
 from edge_node.client import EdgeClient
 from server_node.served import baseline_payloads
-from transports.emulator import EmulatedTransport, LinkProfile, last_uplink_seconds
+from transports.emulator import LinkProfile, last_uplink_seconds
 from transports.errors import TransportError
 from transports.messages import Message, MessageType, decode_message, encode_message, logits_from_bytes
-from transports.zmq_transport import Requester, ZmqClientTransport
+from transports.zmq_transport import Requester, open_client
 
 from ..baselines.checkpoint import BaselineCheckpoint
 from ..baselines.models import FullCNN, count_macs
@@ -146,9 +146,7 @@ class Offloader:
 
     def __init__(self, server: str, link: LinkProfile | None, timeout_s: float, seed: int,
                  device_id: str) -> None:
-        self.transport: Any = ZmqClientTransport(server)
-        if link is not None:
-            self.transport = EmulatedTransport(self.transport, link, seed=seed)
+        self.transport = open_client(server, link, seed=seed)
         self.requester = Requester(self.transport, timeout=timeout_s, attempts=3)
         self.device_id = device_id
         self._ids = itertools.count(1)

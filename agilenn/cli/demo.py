@@ -28,6 +28,8 @@ import numpy as np
 
 from transports.zmq_transport import free_loopback_endpoint
 
+from ..bench.stats import latency_percentiles
+
 from .common import DEFAULT_MODEL, fail, load_checkpoint, print_json, stop_process
 
 
@@ -66,8 +68,7 @@ def summarise(lines: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
     return {
         "requests": len(lines),
         "accuracy": float(np.mean([line["predicted"] == line["label"] for line in lines])),
-        "latency_ms": {q: round(float(np.percentile(latencies, p)), 2)
-                       for q, p in (("p50", 50), ("p95", 95), ("p99", 99))},
+        "latency_ms": latency_percentiles(latencies, digits=2),
         "bytes_up_mean": round(float(np.mean([line["bytes_up"] for line in offloaded] or [0])), 1),
         "bytes_down_mean": round(float(np.mean([line["bytes_down"] for line in offloaded] or [0])), 1),
         "fallbacks": len(lines) - len(offloaded),
