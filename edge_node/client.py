@@ -24,21 +24,22 @@ import numpy as np
 import torch
 import zmq
 
-from agilenn.cli.common import load_checkpoint
+from agilenn.pretrained import load_checkpoint
 from agilenn.codec import FeatureCodec
 from transports.curve import CurveClientConfig
-from transports.emulator import LinkProfile, last_uplink_seconds
+from transports.emulator import LinkProfile, emulated, last_uplink_seconds
 from transports.errors import TransportError
 from transports.messages import (
-    Message,
+    ErrorReply,
+    InferReply,
+    InferRequest,
     MessageType,
     decode_message,
     encode_message,
-    logits_from_bytes,
-    logits_to_bytes,
     request_id_of,
 )
-from transports.zmq_transport import Requester, open_client
+from transports.pipe import MessageTransport
+from transports.zmq_transport import Requester, ZmqClientTransport
 
 PROBE_INTERVAL_S = 1.0
 OFFLOADED = "offloaded"
@@ -51,6 +52,9 @@ class Prediction:
     probabilities: np.ndarray
     source: str  # OFFLOADED or LOCAL_FALLBACK
     reason: str = ""
+    # Why it fell back, as a word fit for a metric label: no-server, deadline-spent,
+    # deadline-predicted, deadline-late, link, bad-reply, or server: and the error code.
+    reason_code: str = ""
     latency_ms: float = 0.0
     bytes_up: int = 0
     bytes_down: int = 0
@@ -82,23 +86,32 @@ class LinkEstimator:
         return float((y - slope * x) / n + slope * size)
 
 
-_TIMING_NAMES = {"q": ("queue_ms", 1e-3), "s": ("compute_ms", 1e-3), "b": ("batch", 1)}
+def as_image_batch(image: np.ndarray | torch.Tensor, channels: int, size: int) -> torch.Tensor:
+    """One image as a (1, C, H, W) float batch in [0, 1].
 
-
-def server_timings_ms(compact: dict[str, float]) -> dict[str, float]:
-    """The reply's ``tm`` (whole microseconds under one-letter keys) with readable names, in ms."""
-    readable = {}
-    for key, value in compact.items():
-        name, scale = _TIMING_NAMES.get(key, (key, 1))
-        readable[name] = value * scale
-    return readable
+    Takes (C, H, W), or (H, W) for a single-channel model, as uint8 in
+    [0, 255] or float in [0, 1]; any other shape is a ValueError naming the
+    shape expected.
+    """
+    x = torch.tensor(np.asarray(image))  # a copy: read-only arrays (PIL, mmap) are fine
+    if x.dim() == 2 and channels == 1:
+        x = x.unsqueeze(0)
+    if tuple(x.shape) != (channels, size, size):
+        grayscale = f" or ({size}, {size})" if channels == 1 else ""
+        raise ValueError(f"image of shape {tuple(x.shape)}; this model takes ({channels}, {size}, {size})"
+                         f"{grayscale}, uint8 or float")
+    return (x.float() / 255.0 if x.dtype == torch.uint8 else x.float()).unsqueeze(0)
 
 
 class EdgeClient:
     def __init__(self, model: str = "pretrained:mnist", server: str | None = None,
                  deadline_ms: float | None = None, link: str | LinkProfile | None = None,
                  device_id: str = "edge-0", timeout_s: float = 1.0,
-                 curve: CurveClientConfig | None = None, seed: int = 0, merge: str = "device") -> None:
+                 curve: CurveClientConfig | None = None, seed: int = 0, merge: str = "device",
+                 transport: MessageTransport | None = None) -> None:
+        """``transport``: talk to the server over it instead of connecting to ``server`` (the
+        test seam: a :class:`~transports.memory.MemoryClientTransport`, say); ``link`` emulates
+        a link under either."""
         if merge not in ("device", "server"):
             raise ValueError(f"merge must be 'device' or 'server', not {merge!r}")
         self.merge_on_device = merge == "device"
@@ -116,29 +129,30 @@ class EdgeClient:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._requester: Requester | None = None
-        if server is not None:
-            self._transport = open_client(server, link, seed=seed, curve=curve)
+        if transport is None and server is not None:
+            transport = ZmqClientTransport(server, curve=curve)
+        if transport is not None:
+            self._transport = emulated(transport, link, seed)
             self._requester = Requester(self._transport, timeout=timeout_s, attempts=1)
 
     def infer(self, image: np.ndarray | torch.Tensor) -> Prediction:
-        """Classify one image (C, H, W): uint8 in [0, 255] or float in [0, 1]."""
+        """Classify one image: (C, H, W), or (H, W) for a single-channel model; uint8 in
+        [0, 255] or float in [0, 1]."""
+        config = self.model.config
+        x = as_image_batch(image, config.in_channels, config.image_size)
         with self._lock:
             started = time.monotonic()
-            x = torch.tensor(np.asarray(image))  # a copy: read-only arrays (PIL, mmap) are fine
-            x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-            device = self.model.device_forward(x.unsqueeze(0))
+            device = self.model.device_forward(x)
             local_logits = device.local_logits[0]
             if self._requester is None:
                 probabilities = torch.softmax(local_logits, dim=0).numpy()
-                return self._local(probabilities, "no server configured", started)
+                return self._local(probabilities, "no-server", "no server configured", started)
             encoding = time.monotonic()
             request_id = next(self._ids) % 2**32
-            body = {"p": self.codec.encode(device.symbols[0].numpy())}
+            payload = self.codec.encode(device.symbols[0].numpy())
             coded = time.monotonic()
-            if not self.merge_on_device:
-                body["l"] = logits_to_bytes(local_logits.numpy())
-            wire = encode_message(Message(MessageType.INFER_REQUEST, request_id, self.device_id,
-                                          self.model_hash, body))
+            request = InferRequest(payload, None if self.merge_on_device else local_logits.numpy())
+            wire = encode_message(request.message(request_id, self.device_id, self.model_hash))
             stages = {"device": encoding - started, "encode": time.monotonic() - encoding,
                       "codec": coded - encoding}
             return self._offload(wire, request_id, local_logits, stages, started)
@@ -154,14 +168,14 @@ class EdgeClient:
         if self.deadline_ms is not None:
             remaining = self.deadline_ms / 1e3 - (time.monotonic() - started)
             if remaining <= 0:
-                return self._local(local, "deadline: spent on the device", started, stages)
+                return self._local(local, "deadline-spent", "deadline: spent on the device", started, stages)
             predicted = self.estimator.predict(len(wire) + int(self._reply_bytes))
             # Now and then send anyway: an estimate is only corrected by new samples,
             # so a link that got faster would otherwise never be used again.
             probing = time.monotonic() - self._last_sent > PROBE_INTERVAL_S
             if predicted is not None and predicted > remaining and not probing:
-                return self._local(local, f"deadline: link predicted {1e3 * predicted:.1f} ms", started,
-                                   stages)
+                return self._local(local, "deadline-predicted", f"deadline: link predicted "
+                                   f"{1e3 * predicted:.1f} ms", started, stages)
             timeout = min(timeout, remaining)
         self._requester.timeout = timeout
         sent = self._last_sent = time.monotonic()
@@ -171,38 +185,47 @@ class EdgeClient:
             # Lazy Pirate: drop the connection so a queued stale request is not served later.
             with contextlib.suppress(TransportError, zmq.ZMQError):
                 self._transport.reconnect()
-            return self._local(local, f"link: {exc}", started, stages, sent, len(wire))
+            return self._local(local, "link", f"link: {exc}", started, stages, sent, len(wire))
         received = time.monotonic()
         self.estimator.observe(len(wire) + len(data), received - sent)
         self._reply_bytes = 0.8 * self._reply_bytes + 0.2 * len(data) if self._reply_bytes else len(data)
-        reply = decode_message(data)
-        if reply.type is MessageType.ERROR:
-            return self._local(local, f"server: {reply.body['code']}: {reply.body['reason']}", started,
-                               stages, sent, len(wire), len(data))
-        expected = "lg" if self.merge_on_device else "pr"
-        if (reply.type is not MessageType.INFER_REPLY
-                or len(reply.body.get(expected, b"")) != 2 * self.num_classes):
-            return self._local(local, f"server: unexpected {reply.type.name} reply (no {expected!r})",
-                               started, stages, sent, len(wire), len(data))
-        if self.merge_on_device:
-            remote = torch.from_numpy(logits_from_bytes(reply.body["lg"]))
-            with torch.no_grad():
-                probabilities = torch.softmax(self.model.merge(local_logits, remote), dim=0).numpy()
-        else:
-            probabilities = logits_from_bytes(reply.body["pr"])
+        sizes = (sent, len(wire), len(data))
+        message = decode_message(data)
+        if message.type is MessageType.ERROR:
+            error = ErrorReply.parse(message)
+            return self._local(local, f"server:{error.code}", f"server: {error.code}: {error.reason}",
+                               started, stages, *sizes)
+        reply = InferReply.parse(message) if message.type is MessageType.INFER_REPLY else None
+        merged = self._merged(reply, local_logits)
+        if reply is None or merged is None:
+            wanted = "remote logits" if self.merge_on_device else "probabilities"
+            return self._local(local, "bad-reply", f"server: unexpected {message.type.name} reply "
+                               f"(no {self.num_classes} {wanted})", started, stages, *sizes)
         finished = time.monotonic()
         elapsed_ms = 1e3 * (finished - started)
         if self.deadline_ms is not None and elapsed_ms > self.deadline_ms:
-            return self._local(local, f"deadline: reply came after {elapsed_ms:.1f} ms", started,
-                               stages, sent, len(wire), len(data))
+            return self._local(local, "deadline-late", f"deadline: reply came after {elapsed_ms:.1f} ms",
+                               started, stages, *sizes)
         stages.update(transmit=last_uplink_seconds(self._transport), round_trip=received - sent,
                       merge=finished - received)
-        return Prediction(int(probabilities.argmax()), probabilities, OFFLOADED, latency_ms=elapsed_ms,
-                          bytes_up=len(wire), bytes_down=len(data),
-                          timings_ms=server_timings_ms(reply.body["tm"]),
+        return Prediction(int(merged.argmax()), merged, OFFLOADED, latency_ms=elapsed_ms,
+                          bytes_up=len(wire), bytes_down=len(data), timings_ms=reply.timings.as_ms(),
                           stages_ms={name: 1e3 * seconds for name, seconds in stages.items()})
 
-    def _local(self, probabilities: np.ndarray, reason: str, started: float,
+    def _merged(self, reply: InferReply | None, local_logits: torch.Tensor) -> np.ndarray | None:
+        """The merged class probabilities from the reply, or None if it lacks what this client needs."""
+        if reply is None:
+            return None
+        wanted = reply.remote_logits if self.merge_on_device else reply.probabilities
+        if wanted is None or wanted.shape != (self.num_classes,):
+            return None
+        if not self.merge_on_device:
+            return wanted
+        with torch.no_grad():
+            merged = self.model.merge(local_logits, torch.from_numpy(wanted))
+            return torch.softmax(merged, dim=0).numpy()
+
+    def _local(self, probabilities: np.ndarray, reason_code: str, reason: str, started: float,
                stages: dict[str, float] | None = None, sent: float | None = None,
                bytes_up: int = 0, bytes_down: int = 0) -> Prediction:
         """The local prediction; ``stages`` so far, plus the wait for a reply if one was sent,
@@ -211,7 +234,7 @@ class EdgeClient:
         stages = dict(stages or {})
         if sent is not None:
             stages["round_trip"] = now - sent
-        return Prediction(int(probabilities.argmax()), probabilities, LOCAL_FALLBACK, reason,
+        return Prediction(int(probabilities.argmax()), probabilities, LOCAL_FALLBACK, reason, reason_code,
                           latency_ms=1e3 * (now - started), bytes_up=bytes_up, bytes_down=bytes_down,
                           stages_ms={name: 1e3 * seconds for name, seconds in stages.items()})
 

@@ -26,12 +26,20 @@ from agilenn.checkpoint import Checkpoint
 from agilenn.codec import FeatureCodec
 from agilenn.model import AgileNN
 from transports.messages import (
+    Body,
+    BodyT,
+    CommitReply,
+    Hello,
+    HelloReply,
+    InferReply,
+    InferRequest,
     Message,
     MessageType,
     ProtocolError,
+    WeightChunk,
+    WeightCommit,
     decode_message,
     encode_message,
-    logits_to_bytes,
 )
 from transports.reliable import ReliableLink
 
@@ -49,17 +57,17 @@ def device_part_bytes(checkpoint: Checkpoint) -> bytes:
     return buffer.getvalue()
 
 
-def _receive(link: ReliableLink, expected: MessageType, timeout: float) -> Message:
+def _receive(link: ReliableLink, expected: type[BodyT], timeout: float) -> tuple[Message, BodyT]:
+    """The next message, which must be an ``expected``, and its typed body."""
+    name = expected.TYPE.name
     data = link.recv(timeout)
     if data is None:
-        raise PairingError(f"no {expected.name} within {timeout:.1f} s")
+        raise PairingError(f"no {name} within {timeout:.1f} s")
     try:
         message = decode_message(data)
+        return message, expected.parse(message)
     except ProtocolError as exc:
-        raise PairingError(f"malformed message while waiting for {expected.name}: {exc}") from exc
-    if message.type is not expected:
-        raise PairingError(f"expected {expected.name}, got {message.type.name}")
-    return message
+        raise PairingError(f"while waiting for {name}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -83,35 +91,32 @@ class PairingHost:
         self.timeout = timeout
 
     def pair_one(self, wait: float = 60.0) -> PairingRecord:
-        hello = _receive(self.link, MessageType.HELLO, wait)
-        firmware = hello.body["firmware"]
-        if hello.model_hash == self.model_hash:
-            return self._answer(hello, True, "same model", b"")
+        message, hello = _receive(self.link, Hello, wait)
+        if message.model_hash == self.model_hash:
+            return self._answer(message, hello, True, "same model", b"")
         if not self.push_weights:
-            reason = (f"device model {hello.model_hash.hex() or '(none)'} != host model "
+            reason = (f"device model {message.model_hash.hex() or '(none)'} != host model "
                       f"{self.model_hash.hex()}; pair with --push to update")
-            return self._answer(hello, False, reason, b"")
-        return self._answer(hello, True, f"updating the device part of firmware {firmware}",
+            return self._answer(message, hello, False, reason, b"")
+        return self._answer(message, hello, True, f"updating the device part of firmware {hello.firmware}",
                             device_part_bytes(self.checkpoint))
 
-    def _answer(self, hello: Message, accepted: bool, reason: str, image: bytes) -> PairingRecord:
+    def _answer(self, message: Message, hello: Hello, accepted: bool, reason: str,
+                image: bytes) -> PairingRecord:
         chunks = [image[i : i + CHUNK_BYTES] for i in range(0, len(image), CHUNK_BYTES)]
-        self._send(hello, MessageType.HELLO_REPLY,
-                   {"accepted": accepted, "reason": reason, "update_chunks": len(chunks)})
+        self._send(message, HelloReply(accepted, reason, len(chunks)))
         if chunks:
             for index, chunk in enumerate(chunks):
-                self._send(hello, MessageType.WEIGHT_CHUNK,
-                           {"index": index, "data": chunk, "crc32": zlib.crc32(chunk)})
-            self._send(hello, MessageType.WEIGHT_COMMIT,
-                       {"chunks": len(chunks), "sha256": hashlib.sha256(image).digest()})
-            commit = _receive(self.link, MessageType.COMMIT_REPLY, self.timeout)
-            accepted, reason = bool(commit.body["accepted"]), f"update: {commit.body['reason']}"
-        return PairingRecord(hello.device_id, hello.body["firmware"],
-                             (self.model_hash if accepted else hello.model_hash).hex(),
+                self._send(message, WeightChunk(index, chunk, zlib.crc32(chunk)))
+            self._send(message, WeightCommit(len(chunks), hashlib.sha256(image).digest()))
+            _, commit = _receive(self.link, CommitReply, self.timeout)
+            accepted, reason = bool(commit.accepted), f"update: {commit.reason}"
+        return PairingRecord(message.device_id, hello.firmware,
+                             (self.model_hash if accepted else message.model_hash).hex(),
                              accepted, reason, bool(chunks) and accepted, time.time())
 
-    def _send(self, hello: Message, kind: MessageType, body: dict[str, object]) -> None:
-        message = Message(kind, hello.request_id, hello.device_id, self.model_hash, body)
+    def _send(self, hello: Message, body: Body) -> None:
+        message = body.message(hello.request_id, hello.device_id, self.model_hash)
         self.link.send(encode_message(message), timeout=self.timeout)
 
 
@@ -129,16 +134,16 @@ class McuSimulator:
         self._staging = bytearray(self.STAGING_BYTES)
 
     def pair(self, timeout: float = 10.0) -> tuple[bool, str]:
-        self.link.send(encode_message(Message(MessageType.HELLO, 1, self.device_id, self.model_hash,
-                                              {"firmware": self.firmware})), timeout=timeout)
-        reply = _receive(self.link, MessageType.HELLO_REPLY, timeout)
-        if not reply.body["accepted"] or not reply.body["update_chunks"]:
-            return bool(reply.body["accepted"]), reply.body["reason"]
-        ok, reason, used = self._receive_image(reply.body["update_chunks"], timeout)
-        self.link.send(encode_message(Message(MessageType.COMMIT_REPLY, 1, self.device_id, reply.model_hash,
-                                              {"accepted": ok, "reason": reason})), timeout=timeout)
+        hello = Hello(self.firmware).message(1, self.device_id, self.model_hash)
+        self.link.send(encode_message(hello), timeout=timeout)
+        message, reply = _receive(self.link, HelloReply, timeout)
+        if not reply.accepted or not reply.update_chunks:
+            return bool(reply.accepted), reply.reason
+        ok, reason, used = self._receive_image(reply.update_chunks, timeout)
+        commit = CommitReply(ok, reason).message(1, self.device_id, message.model_hash)
+        self.link.send(encode_message(commit), timeout=timeout)
         if ok:
-            self.weights, self.model_hash = bytes(self._staging[:used]), reply.model_hash
+            self.weights, self.model_hash = bytes(self._staging[:used]), message.model_hash
         return ok, reason
 
     def infer(self, model: AgileNN, codec: FeatureCodec, image: Tensor, request_id: int,
@@ -149,29 +154,28 @@ class McuSimulator:
         predictor's when the gateway answers with an ERROR.
         """
         device = model.device_forward(image.unsqueeze(0))
-        self.link.send(encode_message(Message(
-            MessageType.INFER_REQUEST, request_id, self.device_id, self.model_hash,
-            {"p": codec.encode(device.symbols[0].numpy()),
-             "l": logits_to_bytes(device.local_logits[0].numpy())})), timeout=timeout)
+        request = InferRequest(codec.encode(device.symbols[0].numpy()), device.local_logits[0].numpy())
+        self.link.send(encode_message(request.message(request_id, self.device_id, self.model_hash)),
+                       timeout=timeout)
         data = self.link.recv(timeout)
         reply = decode_message(data) if data is not None else None
         if reply is None or reply.type is not MessageType.INFER_REPLY:
             return int(device.local_logits[0].argmax()), "local-fallback"
-        return int(reply.body["c"]), "offloaded"
+        return InferReply.parse(reply).label, "offloaded"
 
     def _receive_image(self, count: int, timeout: float) -> tuple[bool, str, int]:
         used, problem = 0, ""
         for expected_index in range(count):
-            chunk = _receive(self.link, MessageType.WEIGHT_CHUNK, timeout).body
-            data = chunk["data"]
-            if chunk["index"] != expected_index or zlib.crc32(data) != chunk["crc32"]:
+            _, chunk = _receive(self.link, WeightChunk, timeout)
+            data = chunk.data
+            if chunk.index != expected_index or zlib.crc32(data) != chunk.crc32:
                 problem = problem or f"chunk {expected_index} failed its CRC or arrived out of order"
             elif used + len(data) > self.STAGING_BYTES:
                 problem = problem or f"image larger than the {self.STAGING_BYTES}-byte staging buffer"
             else:
                 self._staging[used : used + len(data)] = data
                 used += len(data)
-        commit = _receive(self.link, MessageType.WEIGHT_COMMIT, timeout).body
-        if not problem and hashlib.sha256(self._staging[:used]).digest() != commit["sha256"]:
+        _, commit = _receive(self.link, WeightCommit, timeout)
+        if not problem and hashlib.sha256(self._staging[:used]).digest() != commit.sha256:
             problem = "SHA-256 of the image does not match the commit"
         return (not problem), problem or "applied", used

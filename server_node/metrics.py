@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import OrderedDict
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
+
+from agilenn.daemon import DaemonMetrics
 
 _DEVICE_WINDOW_S = 60.0
 _MAX_TRACKED_DEVICES = 10_000
 
 
-class ServerMetrics:
+class ServerMetrics(DaemonMetrics):
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        super().__init__()
         self.requests = Counter("agilenn_requests", "Inference requests received", registry=self.registry)
         self.failures = Counter("agilenn_failures", "Requests answered with an error, by reason",
                                 ["reason"], registry=self.registry)
@@ -28,7 +28,6 @@ class ServerMetrics:
         self.devices = Gauge("agilenn_connected_devices", "Devices seen in the last minute",
                              registry=self.registry)
         self._last_seen: OrderedDict[str, float] = OrderedDict()  # oldest first
-        self._http: tuple[WSGIServer, threading.Thread] | None = None
 
     def saw_device(self, device_id: str) -> None:
         now = time.monotonic()
@@ -42,16 +41,3 @@ class ServerMetrics:
                 break
             del self._last_seen[oldest]
         self.devices.set(len(self._last_seen))
-
-    def serve(self, port: int, addr: str) -> int:
-        """Expose /metrics over HTTP; returns the bound port."""
-        self._http = start_http_server(port, addr=addr, registry=self.registry)
-        return int(self._http[0].server_port)
-
-    def close(self) -> None:
-        if self._http is not None:
-            server, thread = self._http
-            server.shutdown()
-            server.server_close()
-            thread.join()
-            self._http = None

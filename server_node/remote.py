@@ -2,53 +2,47 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any
+
+from agilenn.daemon import DaemonThread
+from agilenn.pretrained import DEFAULT_MODEL
+from transports.memory import MemoryServerTransport
+from transports.pipe import MessageTransport, ServerTransport
+from transports.zmq_transport import ZmqClientTransport
 
 from .config import ServerConfig
 from .server import Server
 
 
-class RemoteServer:
-    """Start with ``with RemoteServer() as server:``; connect clients to ``server.endpoint``."""
+class RemoteServer(DaemonThread):
+    """Start with ``with RemoteServer() as server:``; connect clients to ``server.endpoint``.
 
-    def __init__(self, model: str = "pretrained:mnist", bind: str = "tcp://127.0.0.1:0",
-                 **settings: Any) -> None:
+    ``transport``: serve on it instead of a socket, e.g. a
+    :class:`~transports.memory.MemoryServerTransport` in a test.
+    """
+
+    def __init__(self, model: str = DEFAULT_MODEL, bind: str = "tcp://127.0.0.1:0",
+                 transport: ServerTransport | None = None, **settings: Any) -> None:
         self.config = ServerConfig(model=model, bind=bind, **settings)
-        self.server = Server(self.config)
-        self._thread = threading.Thread(target=self._run, name="agilenn-remote-server", daemon=True)
-        self._crash: BaseException | None = None
+        self.server = Server(self.config, transport)
+        super().__init__(self.server, name="agilenn-remote-server")
 
     @property
     def endpoint(self) -> str:
         return self.server.endpoint
 
-    def start(self) -> str:
-        self._thread.start()
-        self.server.started.wait()
-        if self.server.load_error is not None:
-            self._thread.join()
-            raise self.server.load_error
-        return self.endpoint
+    def connect(self) -> MessageTransport:
+        """A new client transport to this server: in memory if it serves in memory, else ZeroMQ."""
+        transport = self.server.transport
+        if isinstance(transport, MemoryServerTransport):
+            return transport.connect()
+        return ZmqClientTransport(self.endpoint)
 
-    def stop(self) -> None:
-        """Stop gracefully; re-raises the error if the server died while running."""
-        self.server.should_exit.set()
-        if self._thread.is_alive():
-            self._thread.join()
-        if self._crash is not None:
-            raise self._crash
+    @classmethod
+    def in_memory(cls, model: str = DEFAULT_MODEL, **settings: Any) -> RemoteServer:
+        """A server on a :class:`~transports.memory.MemoryServerTransport`: no socket, no port."""
+        return cls(model, transport=MemoryServerTransport(), **settings)
 
     def __enter__(self) -> RemoteServer:
         self.start()
         return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    def _run(self) -> None:
-        try:
-            self.server.run()
-        except BaseException as exc:  # a thread has no caller: start() or stop() re-raise it
-            if self.server.load_error is None:
-                self._crash = exc

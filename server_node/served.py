@@ -1,52 +1,49 @@
 """What a server can serve: the remote part of an AgileNN model, or a baseline CNN.
 
 The server owns batching, transport and errors; a served model only turns a
-request body into a prepared input (``prepare``, which raises
+request into a prepared input (``prepare``, which raises
 :class:`~agilenn.errors.CodecError` with a reason for a bad one) and a batch of
-those into reply bodies (``run``).
+those into replies (``run``; the server fills in the timings).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from agilenn.baselines.checkpoint import BaselineCheckpoint, is_baseline_spec, load_baseline_checkpoint
-from agilenn.baselines.models import FullCNN
-from agilenn.baselines.payloads import BaselinePayloads
+from agilenn.baselines.checkpoint import BaselineCheckpoint
+from agilenn.pretrained import is_baseline_spec, load_baseline_checkpoint, load_checkpoint
+from agilenn.baselines.models import FullCNN, baseline_payloads
 from agilenn.checkpoint import Checkpoint
-from agilenn.cli.common import load_checkpoint
 from agilenn.codec import FeatureCodec
 from agilenn.errors import CheckpointError, CodecError
-from transports.messages import logits_from_bytes, logits_to_bytes
-
-ReplyBody = dict[str, Any]
+from transports.messages import InferReply, InferRequest
 
 
 class ServedModel(Protocol):
     model_hash: bytes
     description: str
 
-    def prepare(self, body: Mapping[str, Any]) -> Any: ...
+    def prepare(self, request: InferRequest) -> Any: ...
 
-    def run(self, prepared: Sequence[Any]) -> list[ReplyBody]: ...
+    def run(self, prepared: Sequence[Any]) -> list[InferReply]: ...
 
 
-def _probabilities_reply(logits: torch.Tensor) -> list[ReplyBody]:
+def _probabilities_reply(logits: torch.Tensor) -> list[InferReply]:
     probabilities = torch.softmax(logits, dim=1).numpy()
-    return [{"c": int(row.argmax()), "pr": logits_to_bytes(row)} for row in probabilities]
+    return [InferReply(int(row.argmax()), probabilities=row) for row in probabilities]
 
 
 class ServedAgileNN:
     """The remote predictor, and the merge when the device sends its local logits.
 
-    A request with ``l`` (local logits) is merged here and answered with the
-    merged class and probabilities. A request without ``l`` keeps its local
-    logits on the device: the reply carries the remote logits (``lg``) and
-    the device merges, which saves 24 bytes on the uplink.
+    A request with local logits is merged here and answered with the merged
+    class and probabilities. A request without them keeps its local logits on
+    the device: the reply carries the remote logits and the device merges,
+    which saves 24 bytes on the uplink.
     """
 
     def __init__(self, checkpoint: Checkpoint) -> None:
@@ -58,21 +55,19 @@ class ServedAgileNN:
         self.num_classes = config.num_classes
         self.description = f"agilenn {checkpoint.model_hash} ({config.remote_arch} remote)"
 
-    def prepare(self, body: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
-        symbols = self.codec.decode(body["p"])
-        local = logits_from_bytes(body["l"]) if "l" in body else None
+    def prepare(self, request: InferRequest) -> tuple[np.ndarray, np.ndarray | None]:
+        symbols, local = self.codec.decode(request.payload), request.local_logits
         if symbols.shape != self.symbol_shape or (local is not None and local.shape != (self.num_classes,)):
             raise CodecError(f"payload {symbols.shape} with {'no' if local is None else local.size} logits; "
                              f"this model takes {self.symbol_shape} with {self.num_classes}")
         return symbols, local
 
     @torch.no_grad()
-    def run(self, prepared: Sequence[tuple[np.ndarray, np.ndarray | None]]) -> list[ReplyBody]:
+    def run(self, prepared: Sequence[tuple[np.ndarray, np.ndarray | None]]) -> list[InferReply]:
         symbols = torch.from_numpy(np.stack([item[0] for item in prepared])).long()
         remote = self.model.remote_logits(symbols)
         merged_rows = [i for i, (_, local) in enumerate(prepared) if local is not None]
-        replies: list[ReplyBody] = [{"c": int(row.argmax()), "lg": logits_to_bytes(row.numpy())}
-                                    for row in remote]
+        replies = [InferReply(int(row.argmax()), remote_logits=row.numpy()) for row in remote]
         if merged_rows:
             local = torch.from_numpy(np.stack([prepared[i][1] for i in merged_rows]))  # type: ignore[misc]
             merged = _probabilities_reply(self.model.merge(local, remote[merged_rows]))
@@ -93,29 +88,20 @@ class ServedBaseline:
         self.payloads = baseline_payloads(model, checkpoint.raw_dictionary)
         self.description = f"{checkpoint.arch} {checkpoint.model_hash} (raw, jpeg and split8 payloads)"
 
-    def prepare(self, body: Mapping[str, Any]) -> tuple[int, np.ndarray]:
-        if "l" in body:
+    def prepare(self, request: InferRequest) -> tuple[int, np.ndarray]:
+        if request.local_logits is not None:
             raise CodecError("this server runs a baseline CNN, which takes no local logits")
-        return self.payloads.decode(body["p"])
+        return self.payloads.decode(request.payload)
 
     @torch.no_grad()
-    def run(self, prepared: Sequence[tuple[int, np.ndarray]]) -> list[ReplyBody]:
-        replies: list[ReplyBody] = [{} for _ in prepared]
+    def run(self, prepared: Sequence[tuple[int, np.ndarray]]) -> list[InferReply]:
+        replies: list[InferReply] = [InferReply(-1) for _ in prepared]
         for split in sorted({split for split, _ in prepared}):
             rows = [i for i, (s, _) in enumerate(prepared) if s == split]
             inputs = torch.from_numpy(np.stack([prepared[i][1] for i in rows]))
             for row, reply in zip(rows, _probabilities_reply(self.model.tail(split)(inputs)), strict=True):
                 replies[row] = reply
         return replies
-
-
-def baseline_payloads(model: FullCNN, raw_dictionary: bytes, input_shape: tuple[int, int, int] = (1, 28, 28),
-                      ) -> BaselinePayloads:
-    """The payload codec for ``model``: the activation shape at every split point."""
-    with torch.no_grad():
-        example = torch.zeros(1, *input_shape)
-        shapes = {split: tuple(model.head(split)(example).shape[1:]) for split in model.split_points}
-    return BaselinePayloads(input_shape, shapes, raw_dictionary)
 
 
 def load_served_model(spec: str) -> ServedModel:

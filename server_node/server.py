@@ -4,42 +4,45 @@ One thread owns the ROUTER socket and the model. Requests are batched the way
 Triton's dynamic batcher does it: a batch runs as soon as it holds
 ``max_batch_size`` requests or its oldest request has waited
 ``max_queue_delay_us``. Every request gets a reply: the prediction, or an
-ERROR naming what was wrong with it.
+ERROR naming what was wrong with it. On SIGTERM the server stops taking
+requests (new ones get ``shutting-down``), runs the batches it holds up to
+``shutdown_timeout_s``, answers the rest with ``shutting-down`` and closes.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import logging
-import signal
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import torch
 
+from agilenn.daemon import Daemon
 from agilenn.errors import CodecError
 from transports.broker import BrokerWorkerTransport
-from transports.curve import CurveServerConfig
+from transports.curve import CurveClientConfig, CurveServerConfig
 from transports.errors import TransportError
 from transports.messages import (
+    InferRequest,
     Message,
     MessageType,
+    Pong,
     ProtocolError,
+    ServerTimings,
+    answer_to_invalid,
     decode_message,
     encode_message,
     error_reply,
-    salvage_header,
 )
+from transports.pipe import ServerTransport
 from transports.zmq_transport import ZmqServerTransport
 
 from .config import ServerConfig
 from .metrics import ServerMetrics
-from .served import load_served_model
+from .served import ServedModel, load_served_model
 
 log = logging.getLogger("agilenn.server")
 
@@ -52,73 +55,59 @@ class _Pending:
     arrived: float
 
 
-class Server:
-    def __init__(self, config: ServerConfig) -> None:
-        self.config = config
-        self.should_exit = threading.Event()
-        self.started = threading.Event()
+class Server(Daemon):
+    """``transport``: serve on this instead of the socket the config names (the test seam)."""
+
+    def __init__(self, config: ServerConfig, transport: ServerTransport | None = None) -> None:
+        self.metrics: ServerMetrics = ServerMetrics()
+        super().__init__(config, self.metrics)
+        self.config: ServerConfig = config
         self.endpoint = ""
-        self.metrics_port = -1
-        self.metrics = ServerMetrics()
-        self.load_error: BaseException | None = None
+        self.pending: list[_Pending] = []
+        self._transport = transport
 
     def load(self) -> None:
         torch.set_num_threads(self.config.torch_threads)
-        self.served = load_served_model(self.config.model)
+        self.served: ServedModel = load_served_model(self.config.model)
         self.model_hash = self.served.model_hash
-        curve = None
-        if self.config.curve_secret_key:
-            curve = CurveServerConfig(Path(self.config.curve_secret_key), Path(self.config.curve_allowlist))
-        if self.config.connect:
-            self.transport: ZmqServerTransport | BrokerWorkerTransport = BrokerWorkerTransport(
-                self.config.connect, capacity=2 * self.config.max_batch_size)
-        else:
-            self.transport = ZmqServerTransport(self.config.bind, curve=curve)
-        try:
-            self.endpoint = self.transport.bind()
-            if self.config.metrics_port >= 0:
-                self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.metrics_addr)
-        except BaseException:
-            self.transport.close()  # a half-started server must not keep its port
-            raise
+        self.transport = self._transport or self._open_transport()
+        self.endpoint = self.transport.bind()
+        super().load()
+        log.info("serving %s on %s (batch %d, delay %d us)", self.served.description, self.endpoint,
+                 self.config.max_batch_size, self.config.max_queue_delay_us)
 
-    def run(self) -> int:
-        """Load, serve until asked to stop, shut down in stages. Returns the exit code."""
-        # Handlers first: a SIGTERM while the model loads must still stop us gracefully.
-        with captured_signals(self.should_exit):
-            try:
-                self.load()
-            except BaseException as exc:
-                self.load_error = exc
-                raise
-            finally:
-                self.started.set()  # on failure too: waiters must not hang
-            log.info("serving %s on %s (batch %d, delay %d us)", self.served.description, self.endpoint,
-                     self.config.max_batch_size, self.config.max_queue_delay_us)
-            pending: list[_Pending] = []
-            try:
-                while not self.should_exit.is_set():
-                    self._step(pending, self._wait_time(pending))
-            finally:
-                self._shutdown(pending)
-        return 0
+    def _open_transport(self) -> ServerTransport:
+        config = self.config
+        if config.connect:
+            curve = None
+            if config.curve_secret_key:
+                curve = CurveClientConfig(Path(config.curve_secret_key), Path(config.curve_server_key))
+            return BrokerWorkerTransport(config.connect, capacity=2 * config.max_batch_size, curve=curve)
+        allowlist = None
+        if config.curve_secret_key:
+            allowlist = CurveServerConfig(Path(config.curve_secret_key), Path(config.curve_allowlist))
+        return ZmqServerTransport(config.bind, curve=allowlist)
 
     # --------------------------------------------------------------- serving
-    def _wait_time(self, pending: list[_Pending]) -> float:
-        if not pending:
+    def serve_step(self) -> None:
+        # At most 0.1 s: a stop request is noticed that soon even while a batch waits.
+        received = self.transport.recv(min(self._wait_time(), 0.1))
+        if received is not None:
+            self._accept(*received)
+        full = len(self.pending) >= self.config.max_batch_size
+        if self.pending and (full or self._wait_time() <= 0):
+            self._answer(self._next_batch())
+
+    def _wait_time(self) -> float:
+        if not self.pending:
             return 0.1
-        due = pending[0].arrived + self.config.max_queue_delay_us / 1e6
+        due = self.pending[0].arrived + self.config.max_queue_delay_us / 1e6
         return max(0.0, due - time.monotonic())
 
-    def _step(self, pending: list[_Pending], timeout: float) -> None:
-        received = self.transport.recv(timeout)
-        if received is not None:
-            self._accept(received[0], received[1], pending)
-        full = len(pending) >= self.config.max_batch_size
-        if pending and (full or self._wait_time(pending) <= 0):
-            batch = pending[: self.config.max_batch_size]
-            del pending[: self.config.max_batch_size]
-            self._answer(batch)
+    def _next_batch(self) -> list[_Pending]:
+        batch = self.pending[: self.config.max_batch_size]
+        del self.pending[: self.config.max_batch_size]
+        return batch
 
     def _answer(self, batch: list[_Pending]) -> None:
         """Run a batch; if the model itself fails, every request in it still gets a reply."""
@@ -129,16 +118,30 @@ class Server:
             for item in batch:
                 self._fail(item.identity, item.request, "internal", "the server failed to run this batch")
 
-    def _accept(self, identity: bytes, data: bytes, pending: list[_Pending]) -> None:
+    def _decode(self, identity: bytes, data: bytes) -> Message | None:
+        """The valid message in ``data``; else answers it with its defect (an ERROR never) and gives None."""
         try:
-            request = decode_message(data)
+            message = decode_message(data)
         except ProtocolError as exc:
-            self._fail(identity, salvage_header(data), exc.code, str(exc))
+            self.metrics.failures.labels(reason=exc.code).inc()
+            answer = answer_to_invalid(data, exc)
+            log.info("rejected a message from %s: %s: %s", identity.hex(), exc.code, exc)
+            if answer is not None:
+                self._send(identity, answer)
+            return None
+        if message.type is MessageType.ERROR:
+            # Never answered, or two peers could bounce ERRORs forever.
+            log.info("ignored an ERROR from %s: %s", message.device_id, dict(message.body))
+            return None
+        self.metrics.saw_device(message.device_id)
+        return message
+
+    def _accept(self, identity: bytes, data: bytes) -> None:
+        request = self._decode(identity, data)
+        if request is None:
             return
-        self.metrics.saw_device(request.device_id)
         if request.type is MessageType.PING:
-            self._send(identity, Message(MessageType.PONG, request.request_id, request.device_id,
-                                         self.model_hash))
+            self._send(identity, Pong().message(request.request_id, request.device_id, self.model_hash))
             return
         if request.type is not MessageType.INFER_REQUEST:
             self._fail(identity, request, "unsupported", f"{request.type.name} is not served here")
@@ -150,7 +153,7 @@ class Server:
                        f"{self.model_hash.hex()}")
             return
         try:
-            prepared = self.served.prepare(request.body)
+            prepared = self.served.prepare(InferRequest.parse(request))
         except CodecError as exc:
             self._fail(identity, request, "bad-payload", str(exc))
             return
@@ -158,24 +161,23 @@ class Server:
             log.exception("preparing a request from %s failed", request.device_id)
             self._fail(identity, request, "bad-payload", "the server could not decode this payload")
             return
-        pending.append(_Pending(identity, request, prepared, time.monotonic()))
+        self.pending.append(_Pending(identity, request, prepared, time.monotonic()))
 
     def _run_batch(self, batch: list[_Pending]) -> None:
         started = time.monotonic()
-        bodies = self.served.run([item.prepared for item in batch])
-        if len(bodies) != len(batch):  # checked before any reply goes out, so none is answered twice
-            raise RuntimeError(f"the model gave {len(bodies)} results for a batch of {len(batch)}")
+        results = self.served.run([item.prepared for item in batch])
+        if len(results) != len(batch):  # checked before any reply goes out, so none is answered twice
+            raise RuntimeError(f"the model gave {len(results)} results for a batch of {len(batch)}")
         compute = time.monotonic() - started
         self.metrics.batch_size.observe(len(batch))
         self.metrics.compute_seconds.observe(compute)
         compute_us = round(1e6 * compute)
-        for item, body in zip(batch, bodies, strict=True):
+        for item, result in zip(batch, results, strict=True):
             queued = started - item.arrived
             self.metrics.queue_seconds.observe(queued)
-            # Whole microseconds under one-letter keys: 14 bytes instead of 49 on the downlink.
-            body["tm"] = {"q": round(1e6 * queued), "s": compute_us, "b": len(batch)}
-            reply = Message(MessageType.INFER_REPLY, item.request.request_id, item.request.device_id,
-                            self.model_hash, body)
+            timings = ServerTimings(round(1e6 * queued), compute_us, len(batch))
+            reply = dataclasses.replace(result, timings=timings).message(
+                item.request.request_id, item.request.device_id, self.model_hash)
             try:
                 data = encode_message(reply)  # per request: one invalid result fails only its own
             except ProtocolError as exc:
@@ -183,10 +185,9 @@ class Server:
                 continue
             self._deliver(item.identity, data, reply)
 
-    def _fail(self, identity: bytes, request: Message | None, code: str, reason: str) -> None:
+    def _fail(self, identity: bytes, request: Message, code: str, reason: str) -> None:
         self.metrics.failures.labels(reason=code).inc()
-        log.info("rejected a request from %s: %s: %s",
-                 request.device_id if request else identity.hex(), code, reason)
+        log.info("rejected a request from %s: %s: %s", request.device_id, code, reason)
         self._send(identity, error_reply(request, code, reason))
 
     def _send(self, identity: bytes, message: Message) -> None:
@@ -201,43 +202,26 @@ class Server:
             log.warning("reply %d to %s not delivered: %s", message.request_id, message.device_id, exc)
 
     # --------------------------------------------------------------- shutdown
-    def _shutdown(self, pending: list[_Pending]) -> None:
-        """Stage 2 of shutdown: answer what already arrived, then close."""
-        deadline = time.monotonic() + self.config.shutdown_timeout_s
-        while time.monotonic() < deadline:
-            received = self.transport.recv(0.0)
-            if received is None:
-                break
-            self._accept(received[0], received[1], pending)
-        while pending and time.monotonic() < deadline:
-            batch = pending[: self.config.max_batch_size]
-            del pending[: self.config.max_batch_size]
-            self._answer(batch)
-        for item in pending:  # past the timeout: still answered, never dropped silently
+    def drain_step(self) -> bool:
+        """Refuse what arrives now with ``shutting-down``; run the batches already held."""
+        received = self.transport.recv(0.0)
+        if received is not None:
+            identity, data = received
+            request = self._decode(identity, data)
+            if request is not None:
+                self._fail(identity, request, "shutting-down", "the server is stopping; try another")
+        if self.pending:
+            self._answer(self._next_batch())
+        return received is not None or bool(self.pending)
+
+    def cancel_remaining(self) -> None:
+        for item in self.pending:  # past the timeout or forced: still answered, never dropped silently
             self._fail(item.identity, item.request, "shutting-down", "the server stopped before this ran")
-        self.transport.close()
-        self.metrics.close()
-        log.info("server on %s stopped", self.endpoint)
+        self.pending.clear()
 
-
-@contextlib.contextmanager
-def captured_signals(should_exit: threading.Event) -> Iterator[None]:
-    """SIGINT/SIGTERM start a graceful stop; a second one forces the exit."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signals can only be caught on the main thread
-        return
-    originals = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        if should_exit.is_set():
-            raise KeyboardInterrupt  # second signal: stop now
-        log.info("received %s: finishing in-flight requests", signal.Signals(signum).name)
-        should_exit.set()
-
-    for sig in originals:
-        signal.signal(sig, handle)
-    try:
-        yield
-    finally:
-        for sig, original in originals.items():
-            signal.signal(sig, original)
+    def close(self) -> None:
+        transport = getattr(self, "transport", None) or self._transport
+        if transport is not None:
+            transport.close()
+        super().close()
+        log.info("server on %s stopped", self.endpoint or self.config.bind)

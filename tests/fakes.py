@@ -1,10 +1,15 @@
-"""Seeded manipulators for MemoryPipe: the faults a real serial line produces."""
+"""Seeded manipulators for MemoryPipe (the faults a real serial line produces), and helpers that
+talk to a server over whichever transport it serves on."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
+from server_node.remote import RemoteServer
+from transports.messages import Message, decode_message, encode_message
 from transports.pipe import Manipulator
+from transports.zmq_transport import Requester
 
 
 def noisy_line(seed: int, byte_error_rate: float = 0.0, split: bool = False, drop_rate: float = 0.0,
@@ -28,3 +33,33 @@ def noisy_line(seed: int, byte_error_rate: float = 0.0, split: bool = False, dro
         return [bytes(out[a:b]) for a, b in zip([0, *cuts], [*cuts, len(out)], strict=True)]
 
     return manipulate
+
+
+def ask(server: RemoteServer, request: Message | bytes, request_id: int | None = None,
+        timeout: float = 5.0) -> Message:
+    """One request to ``server`` on a fresh client transport, and its decoded answer."""
+    data = request if isinstance(request, bytes) else encode_message(request)
+    wanted = request.request_id if isinstance(request, Message) else request_id
+    client = server.connect()
+    try:
+        reply = Requester(client, timeout=timeout, attempts=1).request(
+            data, lambda d: decode_message(d).request_id == wanted)
+    finally:
+        client.close()
+    return decode_message(reply)
+
+
+def all_replies(server: RemoteServer, requests: Sequence[Message | bytes],
+                quiet: float = 0.5) -> list[Message]:
+    """Send ``requests`` together on one connection (so they share batches) and collect every
+    reply until ``quiet`` s pass without one: a second answer to a request would be caught."""
+    client = server.connect()
+    try:
+        for request in requests:
+            client.send(request if isinstance(request, bytes) else encode_message(request))
+        replies = []
+        while (data := client.recv(quiet)) is not None:
+            replies.append(decode_message(data))
+    finally:
+        client.close()
+    return replies

@@ -19,24 +19,18 @@ from hypothesis import strategies as st
 from PIL import Image
 from torch import nn
 
-from agilenn.baselines.checkpoint import BaselineCheckpoint, load_baseline
-from agilenn.baselines.models import FullCNN, TinyCNN, count_macs
+from agilenn.baselines.checkpoint import BaselineCheckpoint
+from agilenn.baselines.models import FullCNN, TinyCNN, baseline_payloads, count_macs
 from agilenn.baselines.training import classifier_accuracy, train_classifier
 from agilenn.codec import ZstdFrames
 from agilenn.data import load_mnist_sample
 from agilenn.errors import CheckpointError, CodecError
-from agilenn.pretrained import load_pretrained
+from agilenn.pretrained import load_baseline, load_pretrained
 from server_node.remote import RemoteServer
-from server_node.served import ServedBaseline, baseline_payloads, load_served_model
-from transports.messages import (
-    Message,
-    MessageType,
-    decode_message,
-    encode_message,
-    logits_from_bytes,
-    logits_to_bytes,
-)
-from transports.zmq_transport import Requester, ZmqClientTransport
+from server_node.served import ServedBaseline, load_served_model
+from transports.messages import ErrorReply, InferReply, InferRequest, Message, MessageType
+
+from .fakes import ask
 
 SAMPLE = load_mnist_sample()
 FULL = load_baseline("mnist-full-cnn")
@@ -448,19 +442,8 @@ def test_shipped_baselines_load_and_classify_the_sample() -> None:
 
 
 # --------------------------------------------------------------------- serving
-def _ask(endpoint: str, message: Message, timeout: float = 5.0) -> Message:
-    client = ZmqClientTransport(endpoint)
-    try:
-        reply = Requester(client, timeout=timeout, attempts=1).request(
-            encode_message(message), lambda d: decode_message(d).request_id == message.request_id)
-    finally:
-        client.close()
-    return decode_message(reply)
-
-
-def _infer(request_id: int, payload: bytes, **body: bytes) -> Message:
-    return Message(MessageType.INFER_REQUEST, request_id, f"dev-{request_id}", FULL_HASH,
-                   {"p": payload, **body})
+def _infer(request_id: int, payload: bytes, local_logits: np.ndarray | None = None) -> Message:
+    return InferRequest(payload, local_logits).message(request_id, f"dev-{request_id}", FULL_HASH)
 
 
 def _payload(kind: str, index: int) -> bytes:
@@ -482,14 +465,20 @@ def _expected_probabilities(payload: bytes) -> np.ndarray:
 def _check_answer(reply: Message, request_id: int, payload: bytes, index: int) -> None:
     assert reply.type is MessageType.INFER_REPLY, reply.body
     assert reply.request_id == request_id and reply.model_hash == FULL_HASH
-    assert reply.body["c"] == int(SAMPLE.labels[index])
-    assert np.allclose(logits_from_bytes(reply.body["pr"]), _expected_probabilities(payload), atol=2e-3)
+    answer = InferReply.parse(reply)
+    assert answer.label == int(SAMPLE.labels[index]) and answer.probabilities is not None
+    assert np.allclose(answer.probabilities, _expected_probabilities(payload), atol=2e-3)
+
+
+def _error(reply: Message) -> ErrorReply:
+    assert reply.type is MessageType.ERROR, reply
+    return ErrorReply.parse(reply)
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[RemoteServer]:
-    with RemoteServer(model="pretrained:mnist-full-cnn", max_batch_size=8,
-                      max_queue_delay_us=2000) as running:
+    with RemoteServer.in_memory("pretrained:mnist-full-cnn", max_batch_size=8,
+                                max_queue_delay_us=2000) as running:
         yield running
 
 
@@ -501,7 +490,7 @@ def test_server_answers_each_payload_kind(server: RemoteServer, kind: str) -> No
     for index in (0, 1, 2):
         request_id = 100 * KINDS.index(kind) + index
         payload = _payload(kind, index)
-        _check_answer(_ask(server.endpoint, _infer(request_id, payload)), request_id, payload, index)
+        _check_answer(ask(server, _infer(request_id, payload)), request_id, payload, index)
 
 
 def test_server_batches_mixed_payload_kinds() -> None:
@@ -512,15 +501,15 @@ def test_server_batches_mixed_payload_kinds() -> None:
     def send(job: tuple[int, str, int]) -> Message:
         request_id, kind, index = job
         barrier.wait(timeout=10)
-        return _ask(running.endpoint, _infer(request_id, _payload(kind, index)))
+        return ask(running, _infer(request_id, _payload(kind, index)))
 
-    with RemoteServer(model="pretrained:mnist-full-cnn", max_batch_size=len(jobs),
-                      max_queue_delay_us=300_000) as running:
+    with RemoteServer.in_memory("pretrained:mnist-full-cnn", max_batch_size=len(jobs),
+                                max_queue_delay_us=300_000) as running:
         with ThreadPoolExecutor(len(jobs)) as pool:
             replies = list(pool.map(send, jobs))
     for (request_id, kind, index), reply in zip(jobs, replies, strict=True):
         _check_answer(reply, request_id, _payload(kind, index), index)
-    assert max(reply.body["tm"]["b"] for reply in replies) > 1  # some were served in one batch
+    assert max(InferReply.parse(reply).timings.batch for reply in replies) > 1  # some shared a batch
 
 
 def test_served_baseline_runs_a_mixed_batch_like_single_requests() -> None:
@@ -528,47 +517,46 @@ def test_served_baseline_runs_a_mixed_batch_like_single_requests() -> None:
     assert isinstance(served, ServedBaseline) and served.model_hash == FULL_HASH
     kinds = ["split5", "raw", "split2", "jpeg", "split5"]
     payloads = [_payload(kind, index) for index, kind in enumerate(kinds)]
-    prepared = [served.prepare({"p": payload}) for payload in payloads]
+    prepared = [served.prepare(InferRequest(payload)) for payload in payloads]
     together = served.run(prepared)
     for item, payload, reply in zip(prepared, payloads, together, strict=True):
         alone = served.run([item])[0]
-        assert reply["c"] == alone["c"]
-        assert np.allclose(logits_from_bytes(reply["pr"]), logits_from_bytes(alone["pr"]), atol=1e-3)
-        assert np.allclose(logits_from_bytes(reply["pr"]), _expected_probabilities(payload), atol=2e-3)
-    assert [reply["c"] for reply in together] == [int(label) for label in SAMPLE.labels[:5]]
+        assert reply.label == alone.label
+        assert reply.probabilities is not None and alone.probabilities is not None
+        assert np.allclose(reply.probabilities, alone.probabilities, atol=1e-3)
+        assert np.allclose(reply.probabilities, _expected_probabilities(payload), atol=2e-3)
+    assert [reply.label for reply in together] == [int(label) for label in SAMPLE.labels[:5]]
 
 
 def test_server_refuses_local_logits(server: RemoteServer) -> None:
-    request = _infer(900, _payload("raw", 0), l=logits_to_bytes(np.zeros(10)))
-    reply = _ask(server.endpoint, request)
-    assert reply.type is MessageType.ERROR and reply.request_id == 900
-    assert reply.body["code"] == "bad-payload" and "local logits" in reply.body["reason"]
+    reply = ask(server, _infer(900, _payload("raw", 0), np.zeros(10)))
+    error = _error(reply)
+    assert reply.request_id == 900 and error.code == "bad-payload" and "local logits" in error.reason
 
 
 @pytest.mark.parametrize("name", ["raw-corrupt", "jpeg-32x32", "split-6", "step-nan", "unknown-tag"])
 def test_server_answers_a_bad_payload_and_keeps_serving(server: RemoteServer, name: str) -> None:
     payload, _ = BAD_PAYLOADS[name]
-    reply = _ask(server.endpoint, _infer(901, payload))
-    assert reply.type is MessageType.ERROR and reply.request_id == 901
-    assert reply.body["code"] == "bad-payload" and reply.body["reason"]
+    reply = ask(server, _infer(901, payload))
+    error = _error(reply)
+    assert reply.request_id == 901 and error.code == "bad-payload" and error.reason
     good = _payload("split4", 3)
-    _check_answer(_ask(server.endpoint, _infer(902, good)), 902, good, 3)
+    _check_answer(ask(server, _infer(902, good)), 902, good, 3)
 
 
 def test_server_refuses_another_models_hash(server: RemoteServer) -> None:
     agilenn_hash = bytes.fromhex(load_pretrained("mnist").model_hash)
-    reply = _ask(server.endpoint, _infer(903, _payload("raw", 0))._replace(model_hash=agilenn_hash))
-    assert reply.type is MessageType.ERROR and reply.body["code"] == "model-mismatch"
-    assert FULL.model_hash in reply.body["reason"]
+    error = _error(ask(server, _infer(903, _payload("raw", 0))._replace(model_hash=agilenn_hash)))
+    assert error.code == "model-mismatch" and FULL.model_hash in error.reason
 
 
 def test_server_survives_a_jpeg_declaring_a_huge_image() -> None:
     # Own server: with the bug this payload kills the serving thread.
-    with RemoteServer(model="pretrained:mnist-full-cnn", max_batch_size=1) as running:
-        reply = _ask(running.endpoint, _infer(904, b"J" + _jpeg_declaring(65000, 65000)), timeout=2.0)
-        assert reply.type is MessageType.ERROR and reply.body["code"] == "bad-payload"
+    with RemoteServer.in_memory("pretrained:mnist-full-cnn", max_batch_size=1) as running:
+        reply = ask(running, _infer(904, b"J" + _jpeg_declaring(65000, 65000)), timeout=2.0)
+        assert _error(reply).code == "bad-payload"
         good = _payload("raw", 4)
-        _check_answer(_ask(running.endpoint, _infer(905, good)), 905, good, 4)
+        _check_answer(ask(running, _infer(905, good)), 905, good, 4)
 
 
 def test_tiny_cnn_cannot_be_served() -> None:

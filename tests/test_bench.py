@@ -9,6 +9,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,24 +18,34 @@ import pytest
 import torch
 
 from agilenn.baselines.models import count_macs
+from agilenn.bench import runner, schemes
+from agilenn.bench.config import BenchConfig, BenchError
 from agilenn.bench.devices import DEVICE_PROFILES, DeviceModel, DeviceProfile, get_device
 from agilenn.bench.plots import write_plots
-from agilenn.bench.runner import (
+from agilenn.bench.report import (
     GOALS,
-    BenchConfig,
-    BenchError,
     comparisons,
     format_table,
     modelled_stages,
-    run_bench,
-    running_server,
     summarise,
-    wait_until_serving,
     window_stability,
 )
-from agilenn.bench.schemes import FAMILIES, STAGES, Outcome, Scheme
+from agilenn.bench.runner import build_schemes, run_bench
+from agilenn.bench.schemes import (
+    FAMILIES,
+    STAGES,
+    Family,
+    Outcome,
+    Scheme,
+    SchemeContext,
+    family_names,
+    register_family,
+    select_families,
+)
+from agilenn.bench.servers import running_server, wait_until_serving
 from agilenn.cli import main
-from agilenn.cli.common import DEFAULT_MODEL, load_checkpoint
+from agilenn.data import load_dataset
+from agilenn.pretrained import DEFAULT_MODEL, load_checkpoint
 from transports.zmq_transport import free_loopback_endpoint
 
 from .conftest import _child_processes, reap
@@ -43,6 +54,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 STM32_RATE = 124e6
 SMALL = dict(n=20, warmup=2, window=10, link="lossless", jpeg_qualities=(50,), split_layers=(4,),
              progress=False)
+BUILT_IN = ("agilenn", "local-only", "raw-offload", "jpeg-offload", "split8")
 ALL_SCHEMES = {"agilenn", "local-only", "local-only-tiny-cnn", "raw-offload", "jpeg-offload@q50", "split8@4"}
 OFFLOADING = ("agilenn", "raw-offload", "jpeg-offload@q50", "split8@4")
 LOCAL = ("local-only", "local-only-tiny-cnn")
@@ -286,12 +298,107 @@ def test_comparisons_without_the_schemes_they_need() -> None:
     assert comparisons({"local-only": schemes["local-only"]}) == {"goals": GOALS}
 
 
+# ------------------------------------------------------------------ the registry
+@pytest.fixture
+def _temporary_families() -> Iterator[None]:
+    """Families a test registers are gone afterwards, so no other test sees them."""
+    before = dict(FAMILIES)
+    yield
+    FAMILIES.clear()
+    FAMILIES.update(before)
+
+
+def test_the_built_in_families_are_registered_in_report_order() -> None:
+    assert [name for name in family_names() if name in BUILT_IN] == list(BUILT_IN)
+    for name in BUILT_IN:
+        assert FAMILIES[name].name == name and FAMILIES[name].summary, name
+    assert BenchConfig().families == family_names()
+
+
+def test_select_families_expands_all_orders_and_refuses_unknown_names() -> None:
+    assert select_families(["all"]) == select_families(["split8", "all"]) == family_names()
+    assert select_families(["split8", "agilenn", "split8"]) == ("agilenn", "split8")
+    with pytest.raises(ValueError, match=r"unknown schemes \['teleport'\]; pick from agilenn, local-only"):
+        select_families(["agilenn", "teleport"])
+    with pytest.raises(ValueError, match=r"unknown schemes \[\]; pick from .* or all"):
+        select_families([])
+
+
+@pytest.mark.usefixtures("_temporary_families")
+def test_register_family_refuses_a_taken_or_unusable_name() -> None:
+    class Impostor(Family):
+        def schemes(self, context: SchemeContext) -> list[Scheme]:
+            return []
+
+    with pytest.raises(ValueError, match="'agilenn' is already AgileNN"):
+        register_family("agilenn")(Impostor)
+    for name in ("all", "a,b", ""):
+        with pytest.raises(ValueError, match="cannot name a scheme family"):
+            register_family(name)(Impostor)
+    assert Impostor not in FAMILIES.values()
+    assert register_family("impostor")(Impostor) is Impostor and Impostor.name == "impostor"
+    assert register_family("impostor")(Impostor) is Impostor  # registering the same class again is harmless
+
+
+class _Client:
+    def __init__(self, name: str, closed: list[str]) -> None:
+        self.name, self.closed = name, closed
+
+    def close(self) -> None:
+        self.closed.append(self.name)
+
+
+def _served_family(name: str, model: str | None, closed: list[str], fails: bool = False) -> None:
+    @register_family(name)
+    class Served(Family):
+        def served_model(self, config: BenchConfig) -> str | None:
+            return model
+
+        def schemes(self, context: SchemeContext) -> list[Scheme]:
+            context.own(_Client(name, closed))
+            if fails:
+                raise ValueError(f"{name} cannot build")
+            return [Scheme(f"{name} via {context.endpoint or 'nothing'}", self.name, 0, bool(model),
+                           lambda image: Outcome(0, {}))]
+
+
+@pytest.mark.usefixtures("_temporary_families")
+def test_build_schemes_starts_one_server_per_served_model_and_closes_everything(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    events: list[str] = []
+
+    @contextmanager
+    def fake_server(model: str) -> Iterator[str]:
+        events.append(f"start {model}")
+        try:
+            yield f"tcp://{model}"
+        finally:
+            events.append(f"stop {model}")
+
+    monkeypatch.setattr(runner, "running_server", fake_server)
+    for name, model in (("one", "m1"), ("two", "m2"), ("three", "m1"), ("local", None)):
+        _served_family(name, model, events)
+    with ExitStack() as stack:
+        built = build_schemes(("one", "two", "three", "local"), BenchConfig(), None, stack)
+        assert [scheme.name for scheme in built] == [
+            "one via tcp://m1", "two via tcp://m2", "three via tcp://m1", "local via nothing"]
+        assert events == ["start m1", "start m2"]
+    assert events[2:] == ["local", "three", "two", "stop m2", "one", "stop m1"]
+    events.clear()
+    _served_family("broken", "m3", events, fails=True)
+    with pytest.raises(ValueError, match="broken cannot build"), ExitStack() as stack:
+        build_schemes(("one", "broken"), BenchConfig(), None, stack)
+    # closed on the way out even though a later family failed to build
+    assert events == ["start m1", "start m3", "broken", "stop m3", "one", "stop m1"]
+
+
 # ------------------------------------------------------------------ a real run
 @pytest.fixture(scope="module")
 def report() -> Iterator[dict[str, Any]]:
     threads, children, torch_threads = set(threading.enumerate()), _child_processes(), torch.get_num_threads()
     try:
-        result = run_bench(BenchConfig(families=FAMILIES, **SMALL))
+        result = run_bench(BenchConfig(families=BUILT_IN, **SMALL))
     finally:
         torch.set_num_threads(torch_threads)
     # The two server daemons are stopped and every client closed when run_bench returns.
@@ -538,3 +645,75 @@ def test_modelled_encode_scales_the_schemes_median_codec_time_not_each_sample() 
     host = summarise(_scheme(), outcomes, np.zeros(4, dtype=np.int64),
                      DeviceModel(get_device("host"), 124e8), BenchConfig(window=1))
     assert host["latency_ms"]["p50"] == pytest.approx(0.5)  # the host keeps what it measured
+
+
+# ------------------------------------------------------------------ a family in one module
+FAMILY_MODULE = '''"""A family dropped into the package by a test: it answers 7 without looking."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from agilenn.bench.schemes.base import Family, Outcome, Scheme, SchemeContext, register_family, timed
+
+
+@register_family("always-seven")
+class AlwaysSeven(Family):
+    summary = "answers 7 without looking at the image"
+
+    def schemes(self, context: SchemeContext) -> list[Scheme]:
+        def classify(image: np.ndarray) -> Outcome:
+            _, device_ms = timed(lambda: int(image.sum()))
+            return Outcome(7, {"device": device_ms})
+
+        return [Scheme(self.name, self.name, 0, False, classify)]
+'''
+
+
+@pytest.fixture
+def _dropped_in_family(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """always_seven.py, importable as a module of agilenn.bench.schemes while the test runs."""
+    (tmp_path / "always_seven.py").write_text(FAMILY_MODULE)
+    monkeypatch.setattr(schemes, "__path__", [*schemes.__path__, str(tmp_path)])
+    before = dict(FAMILIES)
+    try:
+        yield
+    finally:
+        FAMILIES.clear()
+        FAMILIES.update(before)
+        sys.modules.pop("agilenn.bench.schemes.always_seven", None)
+        vars(schemes).pop("always_seven", None)
+
+
+def _no_server(model: str) -> Any:
+    raise AssertionError(f"a family that serves nothing started a server for {model}")
+
+
+@pytest.mark.usefixtures("_restore_torch_threads", "_dropped_in_family")
+def test_a_family_module_dropped_into_the_package_is_a_scheme(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Adding a family touches one module: discovery registers it, and the CLI, runner and plots follow."""
+    assert "always-seven" not in FAMILIES
+    schemes.discover_families()
+    assert family_names()[-1] == "always-seven"
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    assert "always-seven  answers 7 without looking at the image" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["bench", "--schemes", "nope", "--quiet"])
+    assert "pick from agilenn, local-only, raw-offload, jpeg-offload, split8, always-seven or all" in (
+        capsys.readouterr().err)
+
+    monkeypatch.setattr(runner, "running_server", _no_server)
+    report_path, plots = tmp_path / "bench.json", tmp_path / "plots"
+    assert main(["bench", "--schemes", "always-seven", "--quiet", "--json", str(report_path), "--plot",
+                 str(plots), *SMALL_RUN]) == 0
+    report = json.loads(report_path.read_text())
+    assert list(report["schemes"]) == ["always-seven"]
+    values = report["schemes"]["always-seven"]
+    assert values["family"] == "always-seven" and values["requests"] == 10 and values["bytes_up_mean"] == 0
+    sevens = load_dataset("mnist-sample", "test").labels[:10] == 7
+    assert values["accuracy"] == round(float(np.mean(sevens)), 4)
+    assert report["comparisons"] == {"goals": GOALS}
+    assert len(list(plots.glob("*.png"))) == 3

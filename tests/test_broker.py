@@ -6,26 +6,24 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from transports.broker import Broker
-from transports.messages import MessageType, decode_message, encode_message
+from agilenn.daemon import DaemonThread
+from server_node.broker import Broker
+from server_node.config import BrokerConfig
+from transports.messages import ErrorReply, MessageType, decode_message, encode_message
 
 from .test_server import _request
 
 
 @pytest.fixture
 def broker() -> Iterator[Broker]:
-    running = Broker("tcp://127.0.0.1:0", "tcp://127.0.0.1:0")
-    thread = threading.Thread(target=running.run, name="broker")
-    thread.start()
-    yield running
-    running.should_exit.set()
-    thread.join()
+    running = Broker(BrokerConfig(frontend="tcp://127.0.0.1:0", backend="tcp://127.0.0.1:0"))
+    with DaemonThread(running, name="broker"):
+        yield running
 
 
 def _worker(backend: str) -> subprocess.Popen[bytes]:
@@ -70,5 +68,6 @@ def test_killed_worker_loses_no_request(broker: Broker) -> None:
     assert sorted(replies) == [4000 + i for i in requests]  # every request answered
     answered = [r for r in replies.values() if r.type is MessageType.INFER_REPLY]
     assert len(answered) >= 110  # at most the killed worker's in-flight ones may be errors
-    assert all(r.body["code"] == "worker-lost" for r in replies.values() if r.type is MessageType.ERROR)
+    errors = [ErrorReply.parse(r) for r in replies.values() if r.type is MessageType.ERROR]
+    assert all(error.code == "worker-lost" for error in errors)
     assert broker.stats["workers-lost"] == 1

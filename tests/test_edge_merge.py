@@ -8,11 +8,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from agilenn.baselines.checkpoint import load_baseline_checkpoint
+from agilenn.pretrained import load_baseline_checkpoint
 from agilenn.data import load_mnist_sample
 from edge_node.client import LOCAL_FALLBACK, OFFLOADED, EdgeClient
 from server_node.remote import RemoteServer
-from server_node.served import baseline_payloads
+from agilenn.baselines.models import baseline_payloads
 from transports.emulator import get_profile
 
 SAMPLE = load_mnist_sample().head(10)
@@ -23,19 +23,19 @@ LOCAL_LOGITS_BYTES = 24
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[RemoteServer]:
-    with RemoteServer() as running:
+    with RemoteServer.in_memory() as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def baseline_server() -> Iterator[RemoteServer]:
-    with RemoteServer(model=BASELINE) as running:
+    with RemoteServer.in_memory(BASELINE) as running:
         yield running
 
 
 def test_device_and_server_merge_agree_and_the_device_merge_sends_less(server: RemoteServer) -> None:
-    with (EdgeClient(server=server.endpoint, merge="device") as on_device,
-          EdgeClient(server=server.endpoint, merge="server") as on_server):
+    with (EdgeClient(transport=server.connect(), merge="device") as on_device,
+          EdgeClient(transport=server.connect(), merge="server") as on_server):
         pairs = [(on_device.infer(image), on_server.infer(image)) for image in SAMPLE.images]
     for device, remote in pairs:
         assert device.source == OFFLOADED and remote.source == OFFLOADED, (device.reason, remote.reason)
@@ -50,7 +50,7 @@ def test_device_and_server_merge_agree_and_the_device_merge_sends_less(server: R
 
 def test_stages_and_server_timings_of_an_offloaded_prediction(server: RemoteServer) -> None:
     for merge in ("device", "server"):
-        with EdgeClient(server=server.endpoint, merge=merge) as client:
+        with EdgeClient(transport=server.connect(), merge=merge) as client:
             prediction = client.infer(SAMPLE.images[0])
         assert prediction.source == OFFLOADED, prediction.reason
         stages = prediction.stages_ms
@@ -77,7 +77,7 @@ def test_an_unknown_merge_mode_is_refused() -> None:
 def test_the_transmit_stage_is_the_serial_links_serialisation(server: RemoteServer) -> None:
     rate = get_profile("serial-115200").bandwidth_bytes_per_s
     assert rate == 11_520.0
-    with EdgeClient(server=server.endpoint, link="serial-115200") as client:
+    with EdgeClient(transport=server.connect(), link="serial-115200") as client:
         predictions = [client.infer(image) for image in SAMPLE.images[:3]]
     for prediction in predictions:
         assert prediction.source == OFFLOADED, prediction.reason
@@ -92,7 +92,7 @@ def test_the_transmit_stage_is_the_serial_links_serialisation(server: RemoteServ
 
 
 def test_a_baseline_server_refusing_the_payload_gives_a_local_fallback(baseline_server: RemoteServer) -> None:
-    with EdgeClient(server=baseline_server.endpoint) as client:
+    with EdgeClient(transport=baseline_server.connect()) as client:
         # The baseline's hash, so the server gets as far as decoding the AgileNN payload.
         client.model_hash = bytes.fromhex(load_baseline_checkpoint(BASELINE).model_hash)
         prediction = client.infer(SAMPLE.images[0])
@@ -107,19 +107,20 @@ def test_a_baseline_server_refusing_the_payload_gives_a_local_fallback(baseline_
 
 
 def test_a_reply_without_remote_logits_gives_a_local_fallback(baseline_server: RemoteServer) -> None:
-    """A server that answers INFER_REPLY with probabilities (``pr``) but no ``lg``.
+    """A server that answers INFER_REPLY with probabilities but no remote logits.
 
     The baseline server answers a valid raw-offload payload that way; the client's
     codec is swapped for one that sends such a payload, the only way to make a real
-    server answer a device-merge request without ``lg``.
+    server answer a device-merge request without remote logits.
     """
     checkpoint = load_baseline_checkpoint(BASELINE)
     image = SAMPLE.images[1]
     raw = baseline_payloads(checkpoint.build_model(), checkpoint.raw_dictionary).encode_raw(image)
-    with EdgeClient(server=baseline_server.endpoint) as client:
+    with EdgeClient(transport=baseline_server.connect()) as client:
         client.model_hash = bytes.fromhex(checkpoint.model_hash)
         client.codec = SimpleNamespace(encode=lambda symbols: raw)
         prediction = client.infer(image)
     assert prediction.source == LOCAL_FALLBACK
-    assert prediction.reason == "server: unexpected INFER_REPLY reply (no 'lg')"
+    assert prediction.reason == "server: unexpected INFER_REPLY reply (no 10 remote logits)"
+    assert prediction.reason_code == "bad-reply"
     assert prediction.label == SAMPLE.labels[1]

@@ -1,4 +1,8 @@
-"""Gateway mode: a simulated MCU on a pty offloads through the edge to the server."""
+"""Gateway mode: a simulated MCU offloads through the edge to the server.
+
+The gateway's logic runs on the seam (an in-memory serial pipe and an in-memory
+server); one test runs the real daemon on a pty against a real ZeroMQ server.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +15,16 @@ import pytest
 from agilenn.codec import FeatureCodec
 from agilenn.data import load_mnist_sample
 from agilenn.pretrained import load_pretrained
+from edge_node.config import EdgeConfig
+from edge_node.daemon import GatewayNode
 from edge_node.gateway import SerialGateway
 from edge_node.pairing import McuSimulator
 from server_node.remote import RemoteServer
 from transports.arq import ArqConfig
-from transports.messages import MessageType, decode_message
+from transports.messages import ErrorReply, MessageType, Ping, decode_message, encode_message
+from transports.pipe import MemoryPipe
 from transports.reliable import ReliableLink
-from transports.serial_pipe import SerialPipe, open_pty
+from transports.serial_pipe import open_pty
 
 from .conftest import reap
 
@@ -29,10 +36,10 @@ FAST = ArqConfig(retransmit_timeout=0.1)
 
 @pytest.fixture
 def mcu_and_gateway() -> Iterator[tuple[McuSimulator, SerialGateway, RemoteServer]]:
-    mcu_end, path = open_pty()
-    with RemoteServer() as server, ReliableLink(SerialPipe(path), FAST) as edge_link, \
+    gateway_end, mcu_end = MemoryPipe.pair()
+    with RemoteServer.in_memory() as server, ReliableLink(gateway_end, FAST) as edge_link, \
             ReliableLink(mcu_end, FAST) as mcu_link:
-        gateway = SerialGateway(edge_link, server.endpoint, timeout_s=0.5)
+        gateway = SerialGateway(edge_link, client=server.connect(), timeout_s=0.5)
         stop = threading.Event()
         thread = threading.Thread(target=gateway.serve, args=(stop,))
         thread.start()
@@ -60,8 +67,22 @@ def test_gateway_answers_garbage_from_the_mcu_with_a_reason(
     mcu_and_gateway: tuple[McuSimulator, SerialGateway, RemoteServer]
 ) -> None:
     _, gateway, _ = mcu_and_gateway
-    reply = decode_message(gateway.forward(b"\x93\x01\x02"))
-    assert reply.type is MessageType.ERROR and reply.body["code"] == "malformed"
+    answer = gateway.forward(b"\x93\x01\x02")
+    assert answer is not None
+    reply = decode_message(answer)
+    assert reply.type is MessageType.ERROR and ErrorReply.parse(reply).code == "malformed"
+
+
+@pytest.mark.parametrize("data", [
+    pytest.param(encode_message(ErrorReply("internal", "mine").message(5, "mcu")), id="valid-error"),
+    pytest.param(b"\x97\x01\x03\x05\xa3mcu\xc4\x00\x80\x80", id="error-with-a-bad-body"),
+])
+def test_gateway_never_answers_an_error_from_the_mcu(
+    mcu_and_gateway: tuple[McuSimulator, SerialGateway, RemoteServer], data: bytes
+) -> None:
+    _, gateway, _ = mcu_and_gateway
+    assert gateway.forward(data) is None
+    assert gateway.stats["rejected"] == 1 and gateway.stats["forwarded"] == 0
 
 
 def test_mcu_falls_back_when_the_server_is_gone(
@@ -73,6 +94,31 @@ def test_mcu_falls_back_when_the_server_is_gone(
     label, source = mcu.infer(MODEL, CODEC, images[0], request_id=99)
     assert source == "local-fallback" and label == int(labels[0])
     assert gateway.stats["server-unreachable"] == 1
+
+
+def test_gateway_node_refuses_what_arrives_while_it_stops_and_counts_it() -> None:
+    gateway_end, mcu_end = MemoryPipe.pair()
+    with RemoteServer.in_memory() as server, ReliableLink(gateway_end, FAST) as edge_link, \
+            ReliableLink(mcu_end, FAST) as mcu_link:
+        node = GatewayNode(EdgeConfig(serial="memory", server="memory://server", timeout_s=0.5), edge_link,
+                           server.connect())
+        node.load()
+        try:
+            mcu_link.send(encode_message(Ping().message(1, "mcu")), timeout=5)
+            node.serve_step()
+            mcu_link.send(encode_message(Ping().message(2, "mcu")), timeout=5)
+            node.should_exit.set()
+            while node.drain_step():  # what arrived after the stop request gets shutting-down
+                pass
+            answers = {a.request_id: a for a in map(decode_message, iter(lambda: mcu_link.recv(1.0), None))}
+        finally:
+            node.close()
+    assert answers[1].type is MessageType.PONG
+    assert ErrorReply.parse(answers[2]).code == "shutting-down"
+    assert node.stats == {"forwarded": 1, "shutting-down": 1}
+    samples = {s.labels["outcome"]: s.value for metric in node.metrics.registry.collect()
+               for s in metric.samples if s.name == "agilenn_gateway_messages_total"}
+    assert samples == {"forwarded": 1.0, "shutting-down": 1.0}
 
 
 def test_edge_cli_gateway_process_relays_and_stops_on_sigterm() -> None:
@@ -103,19 +149,16 @@ def test_edge_cli_gateway_process_relays_and_stops_on_sigterm() -> None:
 
 def test_an_mcu_that_stops_acknowledging_costs_one_answer_not_the_gateway() -> None:
     """Review finding: an unacknowledged answer to the MCU ended the gateway daemon."""
-    from transports.messages import Message, encode_message
-    from transports.pipe import MemoryPipe
-
     mute = threading.Event()  # while set, nothing from the MCU reaches the gateway (its ACKs included)
     gateway_end, mcu_end = MemoryPipe.pair(b_to_a=lambda data: [] if mute.is_set() else [data])
-    with RemoteServer() as server, ReliableLink(gateway_end, FAST) as edge_link, \
+    with RemoteServer.in_memory() as server, ReliableLink(gateway_end, FAST) as edge_link, \
             ReliableLink(mcu_end, FAST) as mcu_link:
-        gateway = SerialGateway(edge_link, server.endpoint, timeout_s=0.5, reply_timeout_s=0.5)
+        gateway = SerialGateway(edge_link, client=server.connect(), timeout_s=0.5, reply_timeout_s=0.5)
         stop = threading.Event()
         thread = threading.Thread(target=gateway.serve, args=(stop,))
         thread.start()
         try:
-            ping = encode_message(Message(MessageType.PING, 1, "mcu-mute"))
+            ping = encode_message(Ping().message(1, "mcu-mute"))
             mcu_link.send(ping, timeout=5)  # delivered and acknowledged; then the MCU goes quiet
             mute.set()
             for _ in range(100):  # up to 5 s for the 0.5 s reply timeout to pass
@@ -125,7 +168,7 @@ def test_an_mcu_that_stops_acknowledging_costs_one_answer_not_the_gateway() -> N
             assert thread.is_alive()  # still serving
             assert gateway.stats["reply-undeliverable"] == 1
             mute.clear()  # the MCU is back: it is answered again
-            mcu_link.send(encode_message(Message(MessageType.PING, 2, "mcu-mute")), timeout=5)
+            mcu_link.send(encode_message(Ping().message(2, "mcu-mute")), timeout=5)
             answers = (decode_message(data) for data in iter(lambda: mcu_link.recv(5.0), None))
             answer = next((a for a in answers if a.request_id == 2), None)  # skips the late PONG 1
             assert answer is not None and answer.type is MessageType.PONG

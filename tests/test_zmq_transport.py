@@ -22,9 +22,16 @@ import pytest
 from agilenn.cli import main
 from transports.curve import CurveClientConfig, CurveServerConfig
 from transports.emulator import EmulatedTransport, LinkProfile
-from transports.errors import DeliveryFailed, PeerUnreachable, QueueFull, RequestTimeout
-from transports.errors import TransportClosed
-from transports.zmq_transport import Requester, ZmqClientTransport, ZmqServerTransport
+from transports.errors import (
+    ConnectionDropped,
+    DeliveryFailed,
+    OversizedMessage,
+    PeerUnreachable,
+    QueueFull,
+    RequestTimeout,
+    TransportClosed,
+)
+from transports.zmq_transport import MAX_WIRE_MESSAGE_BYTES, Requester, ZmqClientTransport, ZmqServerTransport
 
 LOCAL = "tcp://127.0.0.1:0"
 Handler = Callable[[bytes], list[bytes]]
@@ -46,8 +53,10 @@ class EchoServer:
     """A ROUTER server thread that answers each message with ``handler(message)``."""
 
     def __init__(self, endpoint: str = LOCAL, handler: Handler = echo, *,
-                 curve: CurveServerConfig | None = None, start_delay: float = 0.0) -> None:
+                 curve: CurveServerConfig | None = None, start_delay: float = 0.0,
+                 max_message_bytes: int = MAX_WIRE_MESSAGE_BYTES) -> None:
         self.endpoint = ""
+        self._max_message_bytes = max_message_bytes
         self.received: list[bytes] = []
         self.error: BaseException | None = None
         self._stop = threading.Event()
@@ -76,7 +85,7 @@ class EchoServer:
         if self._stop.wait(self._start_delay):
             return
         try:
-            server = ZmqServerTransport(endpoint, curve=curve)
+            server = ZmqServerTransport(endpoint, curve=curve, max_message_bytes=self._max_message_bytes)
         except BaseException as exc:
             self.error = exc
             self._ready.set()
@@ -394,14 +403,48 @@ def test_emulated_byte_errors_reach_the_server_as_corrupted_messages() -> None:
 
 def test_oversized_message_is_cut_at_the_socket_and_the_server_keeps_serving() -> None:
     """Review finding: without MAXMSGSIZE one client could queue messages of any size."""
-    from transports.zmq_transport import MAX_WIRE_MESSAGE_BYTES
+    import zmq
 
     with EchoServer() as server:
-        flooder = ZmqClientTransport(server.endpoint)
+        context = zmq.Context()
+        flooder = context.socket(zmq.DEALER)  # a raw socket: agilenn's client would refuse to send
+        flooder.connect(server.endpoint)
         flooder.send(bytes(MAX_WIRE_MESSAGE_BYTES + 1))
         honest = requester(server.endpoint, timeout=2.0)
         assert honest.request(framed(1), answers(framed(1))) == framed(1) + b"!"
-        flooder.close()
+        flooder.close(0)
+        context.term()
         honest.client.close()
         assert all(len(message) <= MAX_WIRE_MESSAGE_BYTES for message in server.received)
         assert len(server.received) == 1
+
+
+def test_the_client_refuses_a_message_over_the_hard_cap() -> None:
+    with EchoServer() as server:
+        client = ZmqClientTransport(server.endpoint)
+        try:
+            with pytest.raises(OversizedMessage, match="nothing was sent"):
+                client.send(bytes(MAX_WIRE_MESSAGE_BYTES + 1))
+            client.send(framed(2))  # the connection is untouched
+            assert client.recv(2.0) == framed(2) + b"!"
+        finally:
+            client.close()
+
+
+def test_a_dropped_connection_is_noticed_at_once_and_the_request_resent() -> None:
+    """A server with a lower cap than the client's drops the connection; the client must not wait
+    out its timeout, and the Requester resends the request on the connection libzmq makes anew."""
+    with EchoServer(max_message_bytes=64 * 1024) as server:
+        client = requester(server.endpoint, timeout=10.0)
+        try:
+            assert client.request(framed(1), answers(framed(1))) == framed(1) + b"!"
+            client.client.send(bytes(100 * 1024))  # over this server's cap: it drops us
+            started = time.monotonic()
+            assert client.request(framed(2), answers(framed(2))) == framed(2) + b"!"
+            assert time.monotonic() - started < 3.0  # far below the 10 s timeout
+            assert client.stats.drops == 1
+            client.client.send(bytes(100 * 1024))
+            with pytest.raises(ConnectionDropped):  # the raw transport says so at once, too
+                client.client.recv(10.0)
+        finally:
+            client.client.close()

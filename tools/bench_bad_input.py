@@ -22,13 +22,21 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import msgpack
+import numpy as np
 import zmq
 
 from bench_server import _requests
 from transports.curve import CurveClientConfig, configure_client, generate_keypair
 from transports.errors import DeliveryFailed, RequestTimeout
-from transports.messages import MAX_PAYLOAD_BYTES, decode_message, encode_message
+from transports.messages import (
+    MAX_PAYLOAD_BYTES,
+    ErrorReply,
+    InferRequest,
+    MessageType,
+    decode_message,
+    encode_message,
+    encode_unchecked,
+)
 from transports.zmq_transport import Requester, ZmqClientTransport, free_loopback_endpoint
 
 
@@ -37,13 +45,14 @@ def _bad(kind: str, request_id: int, valid: bytes) -> bytes:
     if kind == "malformed":
         return b"\xc1" + bytes(random.randrange(256) for _ in range(40))
     if kind == "oversized":
-        return msgpack.packb([1, 1, request_id, "d", template.model_hash, {},
-                              {"p": bytes(MAX_PAYLOAD_BYTES + 1), "l": b""}], use_bin_type=True)
+        return encode_unchecked(InferRequest(bytes(MAX_PAYLOAD_BYTES + 1)).message(
+            request_id, "d", template.model_hash))
     if kind == "wrong-hash":
         return encode_message(template._replace(model_hash=bytes(8)))
     if kind == "nan":
-        return msgpack.packb([1, 1, request_id, "d", template.model_hash, {},
-                              {"p": template.body["p"], "l": b"\x00\x7e" * 10}], use_bin_type=True)
+        request = InferRequest.parse(template)
+        return encode_unchecked(InferRequest(request.payload, np.full(10, np.nan)).message(
+            request_id, "d", template.model_hash))
     return encode_message(template)
 
 
@@ -103,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     while time.monotonic() - started < args.seconds:
         for sock, _ in poller.poll(100):
             reply = decode_message(sock.recv())
-            code = reply.body["code"] if reply.body.get("code") else "prediction"
+            code = ErrorReply.parse(reply).code if reply.type is MessageType.ERROR else "prediction"
             counts[code] = counts.get(code, 0) + 1
             send(sock)
         for sock, (_, sent) in list(outstanding.items()):

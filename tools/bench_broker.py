@@ -25,7 +25,7 @@ import zmq
 
 from bench_server import _requests
 from transports.broker import Broker
-from transports.messages import MessageType, decode_message, encode_message
+from transports.messages import ErrorReply, MessageType, decode_message, encode_message
 
 
 def _devices(endpoint: str, first: int, count: int, per_device: int, templates: list[bytes],
@@ -58,7 +58,8 @@ def _devices(endpoint: str, first: int, count: int, per_device: int, templates: 
                 continue
             counts["replies" if reply.type is MessageType.INFER_REPLY else "errors"] += 1
             if reply.type is MessageType.ERROR:
-                codes[reply.body["code"]] = codes.get(reply.body["code"], 0) + 1
+                code = ErrorReply.parse(reply).code
+                codes[code] = codes.get(code, 0) + 1
             state[sock][2] = -1
             if state[sock][1] < per_device:
                 send(sock)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import zstandard
 
-from agilenn.cli.common import DEFAULT_MODEL, load_checkpoint
+from agilenn.pretrained import DEFAULT_MODEL, load_checkpoint
 from agilenn.codec import CodecSettings, FeatureCodec, order0_entropy_bits
 from agilenn.data import load_dataset
 from agilenn.evaluate import device_symbols

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-from agilenn.cli.common import DEFAULT_MODEL, load_checkpoint
+from agilenn.pretrained import DEFAULT_MODEL, load_checkpoint
 from agilenn.config import TrainConfig
 from agilenn.data import load_dataset
 from agilenn.training import Trainer

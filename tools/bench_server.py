@@ -34,7 +34,7 @@ import zmq
 from agilenn.codec import FeatureCodec
 from agilenn.data import load_mnist_sample
 from agilenn.pretrained import load_pretrained
-from transports.messages import Message, MessageType, decode_message, encode_message, logits_to_bytes
+from transports.messages import InferReply, InferRequest, MessageType, decode_message, encode_message
 from transports.zmq_transport import free_loopback_endpoint
 
 
@@ -46,8 +46,7 @@ def _requests(count: int) -> list[bytes]:
     device = model.device_forward(images)
     model_hash = bytes.fromhex(checkpoint.model_hash)
     pairs = zip(device.symbols.numpy(), device.local_logits.numpy(), strict=True)
-    return [encode_message(Message(MessageType.INFER_REQUEST, 0, f"bench-{i}", model_hash,
-                                   {"p": codec.encode(symbols), "l": logits_to_bytes(logits)}))
+    return [encode_message(InferRequest(codec.encode(symbols), logits).message(0, f"bench-{i}", model_hash))
             for i, (symbols, logits) in enumerate(pairs)]
 
 
@@ -70,8 +69,9 @@ def _devices(endpoint: str, count: int, seconds: float, requests: list[bytes], r
             now = time.monotonic()
             latencies.append(now - sent_at[sock])
             if reply.type is MessageType.INFER_REPLY:
-                batches.append(reply.body["tm"]["b"])
-                computes.append(reply.body["tm"]["s"] / 1e3)
+                timings = InferReply.parse(reply).timings
+                batches.append(timings.batch)
+                computes.append(timings.compute_us / 1e3)
             else:
                 errors += 1
             sock.send(requests[len(latencies) % len(requests)])

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from agilenn.cli.common import DEFAULT_MODEL, load_checkpoint
+from agilenn.pretrained import DEFAULT_MODEL, load_checkpoint
 from agilenn.codec import FeatureCodec
 from agilenn.data import load_dataset
 from agilenn.evaluate import device_symbols
@@ -40,11 +40,12 @@ from transports.arq import ArqConfig
 from transports.curve import CurveClientConfig, CurveServerConfig, generate_keypair
 from transports.emulator import EmulatedPipe, get_profile
 from transports.messages import (
+    InferReply,
+    InferRequest,
     Message,
-    MessageType,
+    ServerTimings,
     decode_message,
     encode_message,
-    logits_to_bytes,
 )
 from transports.pipe import MemoryPipe
 from transports.reliable import ReliableLink
@@ -60,13 +61,13 @@ MODEL_HASH = bytes.fromhex("215194a6929a31ef")
 
 def _request(request_id: int) -> Message:
     # An MNIST-sized request: a 76-byte feature payload and 10 float16 logits.
-    return Message(MessageType.INFER_REQUEST, request_id, "bench-device", MODEL_HASH,
-                   {"p": bytes(range(76)), "l": logits_to_bytes(np.linspace(-3, 3, 10))})
+    request = InferRequest(bytes(range(76)), np.linspace(-3, 3, 10))
+    return request.message(request_id, "bench-device", MODEL_HASH)
 
 
 def _reply_to(request: Message) -> Message:
-    return Message(MessageType.INFER_REPLY, request.request_id, request.device_id, request.model_hash,
-                   {"c": 3, "pr": logits_to_bytes(np.full(10, 0.1)), "tm": {"q": 100, "s": 900, "b": 1}})
+    reply = InferReply(3, probabilities=np.full(10, 0.1), timings=ServerTimings(100, 900, 1))
+    return reply.message(request.request_id, request.device_id, request.model_hash)
 
 
 def _serve(kind: str, curve: CurveServerConfig | None, endpoints: Any, stop: Any) -> None:

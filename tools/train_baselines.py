@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 import zstandard
 
-from agilenn.baselines.checkpoint import SHIPPED_BASELINES, BaselineCheckpoint
+from agilenn.baselines.checkpoint import BaselineCheckpoint
+from agilenn.pretrained import PRETRAINED
 from agilenn.baselines.models import BASELINE_ARCHS, count_macs
 from agilenn.baselines.training import classifier_accuracy, train_classifier
 from agilenn.cli.common import write_atomically
@@ -63,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "parameters": sum(p.numel() for p in model.parameters()),
         }
         checkpoint = BaselineCheckpoint.from_model(arch, kwargs, model, raw_dictionary, metadata)
-        write_atomically(args.out_dir / SHIPPED_BASELINES[name], checkpoint.to_bytes())
+        write_atomically(args.out_dir / PRETRAINED[name], checkpoint.to_bytes())
         print(f"{name}: accuracy {metadata['test_accuracy']:.4f}, {metadata['macs']:,} MACs, "
               f"{seconds:.0f} s, hash {checkpoint.model_hash}", flush=True)
     return 0

@@ -94,17 +94,30 @@ class _Allowlist:
 def start_authenticator(context: zmq.Context, config: CurveServerConfig) -> ThreadAuthenticator:
     """Start the ZAP handler of ``context``; the caller must ``stop()`` it (it owns a thread).
 
-    ZAP is per context, so at most one CURVE server may share a context.
+    ZAP is per context: one handler serves every CURVE socket of the context,
+    each socket's allowlist chosen by its ZAP domain (see :func:`allow_domain`).
     """
     allowlist = _Allowlist(config.allowed_clients_dir)
     authenticator = ThreadAuthenticator(context, log=log)
     authenticator.start()
-    authenticator.configure_curve_callback(domain="*", credentials_provider=allowlist)
+    try:
+        authenticator.configure_curve_callback(domain="*", credentials_provider=allowlist)
+    except BaseException:
+        authenticator.stop()
+        raise
     return authenticator
 
 
-def configure_server(socket: zmq.Socket, config: CurveServerConfig) -> None:
-    """Make ``socket`` a CURVE server with its key pair (before bind)."""
+def allow_domain(authenticator: ThreadAuthenticator, domain: str, allowed_clients_dir: Path) -> None:
+    """Let the keys in ``allowed_clients_dir`` into sockets whose ZAP domain is ``domain``."""
+    allowlist = _Allowlist(allowed_clients_dir)
+    authenticator.configure_curve_callback(domain=domain, credentials_provider=allowlist)
+
+
+def configure_server(socket: zmq.Socket, config: CurveServerConfig, domain: str = "") -> None:
+    """Make ``socket`` a CURVE server with its key pair (before bind); ``domain`` picks its allowlist."""
+    if domain:
+        socket.setsockopt_string(zmq.ZAP_DOMAIN, domain)
     public, secret = load_keypair(config.secret_key_file)
     socket.setsockopt(zmq.CURVE_PUBLICKEY, public)
     socket.setsockopt(zmq.CURVE_SECRETKEY, secret)

@@ -18,10 +18,10 @@ import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
 from .errors import TransportClosed
-from .pipe import Pipe
+from .pipe import MessageTransport, Pipe
 
 logger = logging.getLogger("agilenn.transports.emulator")
 
@@ -285,20 +285,6 @@ class EmulatedPipe:
         self._inner.close()
 
 
-class MessageTransport(Protocol):
-    """A message-oriented client transport such as :class:`ZmqClientTransport`."""
-
-    endpoint: str
-
-    def send(self, message: bytes) -> None: ...
-
-    def recv(self, timeout: float) -> bytes | None: ...
-
-    def reconnect(self) -> None: ...
-
-    def close(self) -> None: ...
-
-
 class EmulatedTransport:
     """A client transport whose messages cross an emulated link both ways.
 
@@ -354,6 +340,13 @@ class EmulatedTransport:
 
     def close(self) -> None:
         self._inner.close()
+
+
+def emulated(transport: MessageTransport, link: str | LinkProfile | None, seed: int = 0) -> MessageTransport:
+    """``transport`` behind the emulated ``link`` (a profile or its name); unchanged for None."""
+    if link is None:
+        return transport
+    return EmulatedTransport(transport, get_profile(link) if isinstance(link, str) else link, seed=seed)
 
 
 def last_uplink_seconds(transport: object) -> float:

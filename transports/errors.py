@@ -27,3 +27,11 @@ class PeerUnreachable(TransportError):
 
 class QueueFull(TransportError):
     """A high-water mark was reached; the message was not queued."""
+
+
+class ConnectionDropped(TransportError):
+    """The peer dropped the connection after a message was sent; it may not have arrived."""
+
+
+class OversizedMessage(TransportError):
+    """A message over the link's hard cap; it was not sent."""

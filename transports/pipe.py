@@ -1,4 +1,4 @@
-"""The pipe contract every transport implements, and an in-memory pipe pair.
+"""The contracts every transport implements, and an in-memory byte pipe pair.
 
 A pipe moves bytes and does not care what they mean. Byte-stream pipes
 (serial) may split or merge writes; message pipes (ZeroMQ) keep boundaries.
@@ -18,7 +18,7 @@ from .errors import TransportClosed
 Manipulator = Callable[[bytes], list[bytes]]
 
 
-def _unchanged(data: bytes) -> list[bytes]:
+def unchanged(data: bytes) -> list[bytes]:
     return [data]
 
 
@@ -33,6 +33,32 @@ class Pipe(Protocol):
         """Release the pipe; idempotent."""
 
 
+class MessageTransport(Protocol):
+    """The client side of a message link (ZeroMQ DEALER, in-memory, emulated): boundaries kept."""
+
+    endpoint: str
+
+    def send(self, message: bytes) -> None: ...
+
+    def recv(self, timeout: float) -> bytes | None: ...
+
+    def reconnect(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ServerTransport(Protocol):
+    """The server side of a message link: ``recv`` gives ``(identity, message)``, ``send`` answers one."""
+
+    def bind(self) -> str: ...
+
+    def recv(self, timeout: float) -> tuple[bytes, bytes] | None: ...
+
+    def send(self, identity: bytes, message: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class MemoryPipe:
     """One end of an in-process byte pipe; make two with :meth:`pair`.
 
@@ -41,15 +67,15 @@ class MemoryPipe:
     """
 
     def __init__(self, inbox: queue.Queue[bytes | None], outbox: queue.Queue[bytes | None],
-                 manipulator: Manipulator = _unchanged) -> None:
+                 manipulator: Manipulator = unchanged) -> None:
         self._inbox = inbox
         self._outbox = outbox
         self.manipulator = manipulator
         self._closed = threading.Event()
 
     @classmethod
-    def pair(cls, a_to_b: Manipulator = _unchanged,
-             b_to_a: Manipulator = _unchanged) -> tuple[MemoryPipe, MemoryPipe]:
+    def pair(cls, a_to_b: Manipulator = unchanged,
+             b_to_a: Manipulator = unchanged) -> tuple[MemoryPipe, MemoryPipe]:
         first: queue.Queue[bytes | None] = queue.Queue()
         second: queue.Queue[bytes | None] = queue.Queue()
         return cls(second, first, a_to_b), cls(first, second, b_to_a)

@@ -27,24 +27,33 @@ from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
 from .curve import CurveClientConfig, CurveServerConfig, configure_client, configure_server
-from .emulator import EmulatedTransport, LinkProfile, MessageTransport, get_profile
+from .emulator import LinkProfile, emulated
 from .curve import start_authenticator
-from .errors import DeliveryFailed, PeerUnreachable, QueueFull, RequestTimeout, TransportClosed
-from .errors import TransportError
+from .errors import (
+    ConnectionDropped,
+    DeliveryFailed,
+    OversizedMessage,
+    PeerUnreachable,
+    QueueFull,
+    RequestTimeout,
+    TransportClosed,
+    TransportError,
+)
+from .pipe import MessageTransport
 
 log = logging.getLogger("agilenn.transports.zmq")
-# Above the schema's 256 KiB limit, so a slightly oversized message still gets a
-# typed "too-large" error reply; far larger ones are cut off at the socket.
-MAX_WIRE_MESSAGE_BYTES = 1024 * 1024
+# The hard cap, far above the schema's 256 KiB limit: anything up to it reaches
+# the server, which answers "too-large" and keeps the connection, so the other
+# requests on it survive. libzmq drops a connection that carries more (without
+# a cap one peer could make the server allocate any size); the client transport
+# refuses to send such a message, and notices a drop at once.
+MAX_WIRE_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
 def open_client(endpoint: str, link: str | LinkProfile | None = None, *, seed: int = 0,
                 curve: CurveClientConfig | None = None) -> MessageTransport:
     """A client transport to ``endpoint``; with ``link``, behind that emulated link."""
-    client = ZmqClientTransport(endpoint, curve=curve)
-    if link is None:
-        return client
-    return EmulatedTransport(client, get_profile(link) if isinstance(link, str) else link, seed=seed)
+    return emulated(ZmqClientTransport(endpoint, curve=curve), link, seed)
 
 
 def free_loopback_endpoint() -> str:
@@ -70,8 +79,8 @@ class ZmqServerTransport:
     """
 
     def __init__(self, endpoint: str, *, curve: CurveServerConfig | None = None,
-                 send_hwm: int = 1000, recv_hwm: int = 1000,
-                 context: zmq.Context | None = None) -> None:
+                 send_hwm: int = 1000, recv_hwm: int = 1000, context: zmq.Context | None = None,
+                 max_message_bytes: int = MAX_WIRE_MESSAGE_BYTES) -> None:
         self.endpoint = endpoint
         self._own_context = context is None
         self._context: zmq.Context = zmq.Context() if context is None else context
@@ -85,7 +94,7 @@ class ZmqServerTransport:
             self._socket.setsockopt(zmq.RCVHWM, recv_hwm)
             # libzmq drops a peer that sends more; without a cap one client could
             # queue recv_hwm messages of any size and exhaust memory.
-            self._socket.setsockopt(zmq.MAXMSGSIZE, MAX_WIRE_MESSAGE_BYTES)
+            self._socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
             if curve is not None:
                 # The ZAP handler must be up before bind: without one, libzmq lets every key in.
                 self._authenticator = start_authenticator(self._context, curve)
@@ -149,11 +158,15 @@ class ZmqClientTransport:
     A monitor on the socket notices a handshake that failed for good (the
     server refused this device's CURVE key, or the two ends disagree on
     security). ZeroMQ does not retry those, so from then on :meth:`send` and
-    :meth:`recv` raise :class:`DeliveryFailed` until :meth:`reconnect`.
+    :meth:`recv` raise :class:`DeliveryFailed` until :meth:`reconnect`. It
+    also notices a connection the server dropped after :meth:`send`: the next
+    :meth:`recv` raises :class:`ConnectionDropped` at once, since whatever was
+    in flight on it is lost (libzmq reconnects by itself).
     """
 
     # The handshake failures after which libzmq drops the connection and does not retry.
-    _WATCHED = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    _FATAL = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    _WATCHED = _FATAL | zmq.EVENT_DISCONNECTED
 
     def __init__(self, endpoint: str, *, curve: CurveClientConfig | None = None,
                  hwm: int = 1000, context: zmq.Context | None = None) -> None:
@@ -165,6 +178,7 @@ class ZmqClientTransport:
         self._closed = False
         self._sockets: tuple[zmq.Socket, zmq.Socket] | None = None  # (DEALER, its monitor)
         self._failure = ""
+        self._dropped = False
         try:
             self._open()
         except BaseException:
@@ -174,13 +188,17 @@ class ZmqClientTransport:
     def send(self, message: bytes) -> None:
         """Queue ``message`` for the server without blocking."""
         socket, monitor = self._check_open()
-        self._check_handshake(monitor)
+        if len(message) > MAX_WIRE_MESSAGE_BYTES:
+            raise OversizedMessage(f"a {len(message)}-byte message is over the {MAX_WIRE_MESSAGE_BYTES}-byte "
+                                   "hard cap: the server would drop the connection; nothing was sent")
+        self._read_monitor(monitor)
+        self._dropped = False  # a drop before this send lost nothing sent from now on
         try:
             socket.send(message, zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             if exc.errno == zmq.EAGAIN:
                 # After a failed handshake the DEALER has no peer left to queue for.
-                self._check_handshake(monitor)
+                self._read_monitor(monitor)
                 raise QueueFull(f"send queue to {self.endpoint} is full (high-water mark)") from exc
             raise TransportError(f"send to {self.endpoint} failed: {exc}") from exc
 
@@ -192,7 +210,11 @@ class ZmqClientTransport:
         deadline = time.monotonic() + timeout
         while events := dict(self._poller.poll(_ms(deadline - time.monotonic()))):
             if monitor in events:
-                self._check_handshake(monitor)
+                self._read_monitor(monitor)
+                if self._dropped and socket not in events:
+                    self._dropped = False
+                    raise ConnectionDropped(f"{self.endpoint} dropped the connection; what was in "
+                                            "flight on it is lost")
             if socket in events:
                 frames = socket.recv_multipart(zmq.NOBLOCK)
                 if len(frames) == 1:
@@ -218,7 +240,7 @@ class ZmqClientTransport:
     def _open(self) -> None:
         socket = self._context.socket(zmq.DEALER)
         monitor = socket.get_monitor_socket(self._WATCHED)
-        self._sockets, self._failure = (socket, monitor), ""
+        self._sockets, self._failure, self._dropped = (socket, monitor), "", False
         # Built once per connection: a Poller per recv() cost more than the payload's schema work.
         self._poller = zmq.Poller()
         self._poller.register(socket, zmq.POLLIN)
@@ -234,11 +256,13 @@ class ZmqClientTransport:
         except zmq.ZMQError as exc:
             raise TransportError(f"cannot connect to {self.endpoint}: {exc}") from exc
 
-    def _check_handshake(self, monitor: zmq.Socket) -> None:
-        """Raise DeliveryFailed once the handshake failed for good; sticky until reconnect()."""
+    def _read_monitor(self, monitor: zmq.Socket) -> None:
+        """Note drops; raise DeliveryFailed once the handshake failed for good (sticky until reconnect())."""
         while monitor.poll(0):
             event = recv_monitor_message(monitor)
-            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                self._dropped = True
+            elif event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 self._failure = (f"server {self.endpoint} refused this device's CURVE key "
                                  f"(ZAP status {event['value']}); is its public key in the "
                                  "server's allowlist?")
@@ -273,6 +297,8 @@ class RequesterStats:
     """Attempts that got no matching reply in time."""
     stale_discarded: int = 0
     """Messages received while waiting that ``is_reply`` rejected (late replies to earlier requests)."""
+    drops: int = 0
+    """Connections the server dropped while a request was in flight (each resent at once)."""
 
 
 class Requester:
@@ -282,7 +308,9 @@ class Requester:
     ``is_reply`` accepts; other messages are late replies to earlier requests
     and are discarded. After a timeout the client reconnects (dropping the stale
     connection), waits an exponential backoff, and resends, ``attempts`` times
-    in all. The request must therefore be safe to repeat.
+    in all. The request must therefore be safe to repeat. A connection the
+    server drops while the request is in flight is noticed at once, and the
+    request is resent within the same attempt (up to ``drop_resends`` times).
 
     Thread-safety: one lock around :meth:`request`, so concurrent callers are
     served one at a time and only one request is ever outstanding on the
@@ -291,7 +319,7 @@ class Requester:
     """
 
     def __init__(self, client: MessageTransport, *, timeout: float = 1.0, attempts: int = 3,
-                 backoff_initial: float = 0.05, backoff_max: float = 2.0) -> None:
+                 backoff_initial: float = 0.05, backoff_max: float = 2.0, drop_resends: int = 2) -> None:
         if timeout <= 0 or attempts < 1 or backoff_initial < 0 or backoff_max < backoff_initial:
             raise ValueError("need timeout > 0, attempts >= 1 and 0 <= backoff_initial <= backoff_max")
         self.client = client
@@ -299,6 +327,7 @@ class Requester:
         self.attempts = attempts
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
+        self.drop_resends = drop_resends
         self.stats = RequesterStats()
         self._lock = threading.Lock()
 
@@ -319,7 +348,7 @@ class Requester:
                     self.stats.retries += 1
                 self.client.send(message)
                 self.stats.sent += 1
-                reply = self._await_reply(is_reply)
+                reply = self._await_reply(message, is_reply)
                 if reply is not None:
                     self.stats.replies += 1
                     return reply
@@ -333,10 +362,21 @@ class Requester:
     def _backoff(self, attempt: int) -> float:
         return min(self.backoff_max, self.backoff_initial * 2 ** (attempt - 2))
 
-    def _await_reply(self, is_reply: Callable[[bytes], bool]) -> bytes | None:
+    def _await_reply(self, request: bytes, is_reply: Callable[[bytes], bool]) -> bytes | None:
         deadline = time.monotonic() + self.timeout
+        drops_left = self.drop_resends
         while (remaining := deadline - time.monotonic()) > 0:
-            message = self.client.recv(remaining)
+            try:
+                message = self.client.recv(remaining)
+            except ConnectionDropped:
+                if not drops_left:
+                    raise
+                drops_left -= 1
+                self.stats.drops += 1
+                log.info("%s dropped the connection; resending the request", self.client.endpoint)
+                self.client.send(request)
+                self.stats.sent += 1
+                continue
             if message is None:
                 return None
             if is_reply(message):

@@ -9,8 +9,6 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,12 +16,10 @@ from torch import Tensor, nn
 
 from ..checkpoint import content_hash, read_weights_only, tensors_only
 from ..errors import CheckpointError
-from ..pretrained import PREFIX
 from .models import BASELINE_ARCHS
 
 FORMAT_NAME = "agilenn.baseline"
 FORMAT_VERSION = 1
-SHIPPED_BASELINES = {"mnist-full-cnn": "mnist-full-cnn.agbl", "mnist-tiny-cnn": "mnist-tiny-cnn.agbl"}
 
 
 @dataclass
@@ -89,25 +85,3 @@ class BaselineCheckpoint:
             raise CheckpointError(f"content hash {checkpoint.model_hash} does not match the stored "
                                   f"{raw.get('model_hash')}: the file is corrupt or was edited")
         return checkpoint
-
-
-def load_baseline(name: str) -> BaselineCheckpoint:
-    """A shipped baseline by name (``mnist-full-cnn``, ``mnist-tiny-cnn``)."""
-    if name not in SHIPPED_BASELINES:
-        raise ValueError(f"no shipped baseline {name!r}; shipped: {', '.join(sorted(SHIPPED_BASELINES))}")
-    return BaselineCheckpoint.from_bytes(
-        resources.files("agilenn.assets").joinpath(SHIPPED_BASELINES[name]).read_bytes())
-
-
-def is_baseline_spec(spec: str) -> bool:
-    """``pretrained:`` + a shipped baseline's name, or a path to an ``.agbl`` file."""
-    if spec.startswith(PREFIX):
-        return spec[len(PREFIX):] in SHIPPED_BASELINES
-    return Path(spec).suffix == ".agbl"
-
-
-def load_baseline_checkpoint(spec: str) -> BaselineCheckpoint:
-    """``pretrained:NAME`` for a shipped baseline, otherwise a path to an ``.agbl`` file."""
-    if spec.startswith(PREFIX):
-        return load_baseline(spec[len(PREFIX):])
-    return BaselineCheckpoint.from_bytes(Path(spec).read_bytes())

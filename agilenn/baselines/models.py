@@ -7,6 +7,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from .payloads import BaselinePayloads
+
 
 def _conv(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
@@ -109,3 +111,12 @@ def count_macs(root: nn.Module, example: Tensor, forward: Callable[[Tensor], obj
         for handle in handles:
             handle.remove()
     return total
+
+
+def baseline_payloads(model: FullCNN, raw_dictionary: bytes, input_shape: tuple[int, int, int] = (1, 28, 28),
+                      ) -> BaselinePayloads:
+    """The payload codec for ``model``: the activation shape at every split point."""
+    with torch.no_grad():
+        example = torch.zeros(1, *input_shape)
+        shapes = {split: tuple(model.head(split)(example).shape[1:]) for split in model.split_points}
+    return BaselinePayloads(input_shape, shapes, raw_dictionary)

@@ -13,10 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 from matplotlib.colors import to_hex  # noqa: E402
 
-from .schemes import STAGES  # noqa: E402
+from .schemes import FAMILIES, STAGES, Family  # noqa: E402
 
-FAMILY_MARKERS = {"agilenn": "*", "local-only": "s", "raw-offload": "o", "jpeg-offload": "^", "split8": "D"}
-FAMILY_LINES = {"agilenn": "-", "local-only": ":", "raw-offload": "-", "jpeg-offload": "--", "split8": "-."}
 # tab10 without its red, which is AgileNN's alone
 OTHER_COLOURS = [to_hex(plt.get_cmap("tab10")(i)) for i in range(10) if i != 3]
 
@@ -27,6 +25,11 @@ def _colours(report: dict[str, Any]) -> dict[str, str]:
     colours = {name: OTHER_COLOURS[i % len(OTHER_COLOURS)] for i, name in enumerate(others)}
     colours["agilenn"] = "#d62728"
     return colours
+
+
+def _style(family: str) -> type[Family]:
+    """The family's marker and line style; a report from a family not registered here gets the defaults."""
+    return FAMILIES.get(family, Family)
 
 
 def _title(report: dict[str, Any], what: str) -> str:
@@ -57,7 +60,7 @@ def plot_accuracy_vs_bytes(report: dict[str, Any], path: Path) -> None:
     colours = _colours(report)
     for name, values in report["schemes"].items():
         x = max(values["bytes_up_mean"], 1.0)  # local-only sends nothing: drawn at 1 so a log axis shows it
-        marker = FAMILY_MARKERS[values["family"]]
+        marker = _style(values["family"]).marker
         size = 160 if name == "agilenn" else 50
         axes.scatter(x, 100 * values["accuracy"], color=colours[name], marker=marker, s=size, zorder=3,
                      label=name, edgecolors="black", linewidths=0.5)
@@ -72,7 +75,7 @@ def plot_latency_cdf(report: dict[str, Any], path: Path) -> None:
         latencies = np.sort(np.asarray(values["latencies_ms"]))
         fraction = np.arange(1, len(latencies) + 1) / len(latencies)
         axes.step(latencies, fraction, where="post", label=name, color=colours[name],
-                  linestyle=FAMILY_LINES[values["family"]], linewidth=2.4 if name == "agilenn" else 1.3)
+                  linestyle=_style(values["family"]).linestyle, linewidth=2.4 if name == "agilenn" else 1.3)
     _finish(figure, axes, report, path, "Latency CDF per scheme", "end-to-end latency (ms, log scale)",
             "fraction of requests")
 

@@ -2,14 +2,7 @@
 
 Starts real ``agilenn server`` daemons on loopback, puts the link emulator
 between them and each scheme's client, and classifies the same test images
-with every scheme:
-
-  agilenn        the AgileNN model (EdgeClient, merging on the device)
-  local-only     AgileNN's local predictor alone, and a tiny standalone CNN
-  raw-offload    the image, zstd-compressed, to a full CNN on the server
-  jpeg-offload   the image as JPEG at each --jpeg-quality, same full CNN
-  split8         the full CNN cut after each --split-layer; the activations
-                 8-bit quantised and zstd-compressed
+with every scheme listed below.
 
 Each request's latency is split into device, encode, transmit, queue,
 server, reply and merge. With --device other than host, the device-side
@@ -21,17 +14,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
 from transports.emulator import PROFILES
 
 from ..bench.devices import DEVICE_PROFILES
-from ..bench.runner import BenchConfig, format_table, run_bench
-from ..bench.schemes import FAMILIES
+from ..bench.config import BenchConfig
+from ..bench.report import format_table
+from ..bench.runner import run_bench
+from ..bench.schemes import FAMILIES, family_names, select_families
 from ..data import DATASETS
 from ..errors import AgileNNError
-from .common import DEFAULT_MODEL, fail, write_atomically
+from ..pretrained import DEFAULT_MODEL
+from .common import fail, write_atomically
 
 
 def _integers(text: str) -> tuple[int, ...]:
@@ -42,20 +39,26 @@ def _integers(text: str) -> tuple[int, ...]:
 
 
 def _families(text: str) -> tuple[str, ...]:
-    if text == "all":
-        return FAMILIES
-    chosen = tuple(part for part in text.split(",") if part)
-    unknown = set(chosen) - set(FAMILIES)
-    if unknown or not chosen:
-        raise argparse.ArgumentTypeError(
-            f"unknown schemes {sorted(unknown)}; pick from {', '.join(FAMILIES)} or all"
-        )
-    return chosen
+    try:
+        return select_families([part for part in text.split(",") if part])
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _scheme_list() -> str:
+    """The registered families and what each runs, for --help."""
+    width = max(map(len, FAMILIES), default=0) + 2
+    return "schemes:\n" + "\n".join(
+        textwrap.fill(FAMILIES[name].summary, 78, initial_indent=f"  {name.ljust(width)}",
+                      subsequent_indent=" " * (width + 2))
+        for name in family_names()
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="agilenn bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="agilenn bench", description=f"{__doc__}\n{_scheme_list()}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", default=DEFAULT_MODEL, help="the AgileNN model")
     parser.add_argument("--baseline", default="pretrained:mnist-full-cnn", help="the full CNN (.agbl)")
@@ -69,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--schemes",
         type=_families,
-        default=FAMILIES,
-        help=f"comma-separated from {', '.join(FAMILIES)}, or all",
+        default=family_names(),
+        help=f"comma-separated from {', '.join(family_names())}, or all",
     )
     parser.add_argument("--jpeg-quality", type=_integers, default=(10, 50, 90), help="e.g. 10,50,90")
     parser.add_argument(

@@ -18,7 +18,8 @@ from ..codec import LAYOUTS, train_dictionary
 from ..data import DATASETS, load_dataset
 from ..errors import AgileNNError
 from ..evaluate import device_symbols
-from .common import DEFAULT_MODEL, fail, load_checkpoint, print_json, write_atomically
+from ..pretrained import DEFAULT_MODEL, load_checkpoint
+from .common import fail, print_json, write_atomically
 
 
 def build_parser() -> argparse.ArgumentParser:

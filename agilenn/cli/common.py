@@ -1,26 +1,19 @@
-"""Helpers shared by the subcommands: model loading, atomic writes, errors."""
+"""Helpers shared by the subcommands: daemon settings as flags, atomic writes, errors."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from ..checkpoint import Checkpoint
-from ..pretrained import PREFIX, load_pretrained
+from ..daemon import Daemon, DaemonConfig, configure_logging
+from ..errors import AgileNNError
 
-DEFAULT_MODEL = PREFIX + "mnist"
-
-
-def load_checkpoint(spec: str) -> Checkpoint:
-    """``pretrained:NAME`` for a shipped model, otherwise a path to a ``.agnn`` file."""
-    if spec.startswith(PREFIX):
-        return load_pretrained(spec[len(PREFIX) :])
-    return Checkpoint.from_bytes(Path(spec).read_bytes())
+ConfigT = TypeVar("ConfigT", bound=DaemonConfig)
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -39,12 +32,28 @@ def fail(message: str) -> int:
     return 2
 
 
-def stop_process(process: subprocess.Popen[Any], timeout: float = 30.0) -> int:
-    """SIGTERM (a graceful stop), then SIGKILL if it does not exit in time; the exit code."""
-    process.terminate()
+def add_config_flags(parser: argparse.ArgumentParser, config_class: type[DaemonConfig],
+                     help_texts: dict[str, str] | None = None) -> None:
+    """``--config FILE`` and one flag per config field (``--max-batch-size``), typed like its default."""
+    parser.add_argument("--config", help=f"TOML file with {config_class.__name__} fields")
+    for field in dataclasses.fields(config_class):
+        default = field.default
+        extra = (help_texts or {}).get(field.name, "")
+        parser.add_argument("--" + field.name.replace("_", "-"), type=type(default), default=None,
+                            metavar=field.name.upper(),
+                            help=f"{extra}{'; ' if extra else ''}default {default!r}")
+
+
+def load_config(config_class: type[ConfigT], args: argparse.Namespace) -> ConfigT:
+    """Defaults, then the TOML file, then ``AGILENN_*`` variables, then the flags given."""
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)}
+    return config_class.load(args.config, **overrides)
+
+
+def run_daemon(daemon: Daemon) -> int:
+    """Set up logging and run; a bad model, a busy port or a bad setting is one clean error line."""
     try:
-        return process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        return -signal.SIGKILL
+        configure_logging(daemon.config.log_level, daemon.config.log_format)
+        return daemon.run()
+    except (AgileNNError, OSError, ValueError) as exc:
+        return fail(str(exc))

@@ -29,8 +29,9 @@ import numpy as np
 from transports.zmq_transport import free_loopback_endpoint
 
 from ..bench.stats import latency_percentiles
-
-from .common import DEFAULT_MODEL, fail, load_checkpoint, print_json, stop_process
+from ..daemon import stop_process
+from ..pretrained import DEFAULT_MODEL, load_checkpoint
+from .common import fail, print_json
 
 
 @contextlib.contextmanager
@@ -91,7 +92,8 @@ def run_mcu(model: str, server: str, count: int) -> dict[str, Any]:
     images, labels = load_mnist_sample().batch(slice(0, count))
     mcu_end, path = open_pty()
     gateway = subprocess.Popen(
-        [sys.executable, "-m", "agilenn", "edge", "--serial", path, "--server", server],
+        [sys.executable, "-m", "agilenn", "edge", "--serial", path, "--server", server,
+         "--log-level", "WARNING"],
         stdout=subprocess.PIPE, text=True)
     results = []
     try:
@@ -125,7 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with _terminate_raises():  # so a SIGTERM to the demo still stops every daemon
             edge = subprocess.run(  # run() kills the edge if anything interrupts it
                 [*launcher, "edge", "--model", args.model, "--server", endpoint, "--link", args.link,
-                 "--deadline-ms", str(args.deadline_ms), "--limit", str(args.count), "--timeout-s", "2"],
+                 "--deadline-ms", str(args.deadline_ms), "--limit", str(args.count), "--timeout-s", "2",
+                 "--log-level", "WARNING"],
                 capture_output=True, text=True, timeout=300,
             )
             if edge.returncode == 0 and args.mcu_count > 0:

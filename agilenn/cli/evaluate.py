@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from ..data import DATASETS, load_dataset
 from ..errors import AgileNNError
 from ..evaluate import evaluate
-from .common import DEFAULT_MODEL, fail, load_checkpoint, print_json
+from ..pretrained import DEFAULT_MODEL, load_checkpoint
+from .common import fail, print_json
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,7 +18,8 @@ from transports.errors import TransportError
 from transports.reliable import open_serial_link
 
 from ..errors import AgileNNError
-from .common import DEFAULT_MODEL, fail, load_checkpoint, print_json, write_atomically
+from ..pretrained import DEFAULT_MODEL, load_checkpoint
+from .common import fail, print_json, write_atomically
 
 
 def build_parser() -> argparse.ArgumentParser:

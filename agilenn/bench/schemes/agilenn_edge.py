@@ -1,0 +1,52 @@
+"""``agilenn``: the AgileNN model through the library's own EdgeClient, merging on the device."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from edge_node.client import EdgeClient, Prediction
+
+from ...baselines.models import count_macs
+from ..config import BenchConfig
+from .base import Family, Outcome, Scheme, SchemeContext, image_shape, register_family
+
+
+@register_family("agilenn")
+class AgileNN(Family):
+    summary = "the AgileNN model (EdgeClient, merging on the device)"
+    order = 10
+    marker = "*"
+
+    def served_model(self, config: BenchConfig) -> str | None:
+        return config.model
+
+    def schemes(self, context: SchemeContext) -> list[Scheme]:
+        config = context.config
+        client = context.own(EdgeClient(config.model, server=context.endpoint, link=context.link,
+                                        timeout_s=config.timeout_s, seed=config.seed, device_id="dev-a"))
+        model = client.model
+
+        def classify(image: np.ndarray) -> Outcome:
+            return outcome(client.infer(image))
+
+        layout = model.config
+        # Quantising is one subtract-and-compare per centroid for every offloaded element.
+        quantize_ops = layout.remote_channels * layout.feature_size**2 * layout.n_centroids
+        macs = count_macs(model, torch.zeros(1, *image_shape(layout)), model.device_forward) + quantize_ops
+        return [Scheme(self.name, self.name, macs, True, classify, merge_macs=2 * layout.num_classes)]
+
+
+def outcome(prediction: Prediction) -> Outcome:
+    """The EdgeClient's own stage timings, split the way every scheme reports them."""
+    stages, server = prediction.stages_ms, prediction.timings_ms
+    if prediction.source != "offloaded":  # answered locally; any wait for the server counts as reply
+        waited = {"device": stages.get("device", prediction.latency_ms),
+                  "encode": stages.get("encode", 0.0), "reply": stages.get("round_trip", 0.0)}
+        return Outcome(prediction.label, waited, prediction.bytes_up, prediction.bytes_down,
+                       failure=prediction.reason)
+    reply = stages["round_trip"] - stages["transmit"] - server["queue_ms"] - server["compute_ms"]
+    return Outcome(prediction.label, {
+        "device": stages["device"], "encode": stages["encode"], "transmit": stages["transmit"],
+        "queue": server["queue_ms"], "server": server["compute_ms"], "reply": reply,
+        "merge": stages["merge"]}, prediction.bytes_up, prediction.bytes_down, codec_ms=stages["codec"])

@@ -1,0 +1,44 @@
+"""``split8@k``: the full CNN cut after k blocks; the activations 8-bit quantised and zstd-compressed."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...baselines.models import count_macs
+from .base import Outcome, Scheme, SchemeContext, as_input, register_family, timed
+from .offload import Baseline, OffloadFamily, Offloader
+
+
+@register_family("split8")
+class Split8(OffloadFamily):
+    summary = ("the full CNN cut after each --split-layer; the activations 8-bit quantised and "
+               "zstd-compressed")
+    order = 50
+    marker = "D"
+    linestyle = "-."
+
+    def schemes(self, context: SchemeContext) -> list[Scheme]:
+        baseline = Baseline.load(context.config.baseline)
+        splits = context.config.split_layers
+        refused = [split for split in splits if split not in baseline.model.split_points]
+        if refused:  # before the client opens, so nothing is left to close
+            raise ValueError(f"split layers {refused} are not among {list(baseline.model.split_points)}")
+        offloader = self.offloader(context)
+        return [self._scheme(baseline, offloader, split) for split in splits]
+
+    def _scheme(self, baseline: Baseline, offloader: Offloader, split: int) -> Scheme:
+        head: nn.Module = baseline.model.head(split)
+
+        def classify(image: np.ndarray) -> Outcome:
+            with torch.no_grad():
+                activation, device_ms = timed(lambda: head(as_input(image)))
+            started = time.perf_counter()
+            payload, codec_ms = timed(lambda: baseline.payloads.encode_split8(activation[0].numpy(), split))
+            return offloader.exchange(payload, baseline.model_hash, device_ms, started, codec_ms)
+
+        macs = count_macs(head, torch.zeros(1, *baseline.payloads.input_shape))
+        return Scheme(f"{self.name}@{split}", self.name, macs, True, classify)
