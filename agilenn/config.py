@@ -13,6 +13,11 @@ from collections.abc import Mapping
 
 _C = TypeVar("_C", bound="_DictConfig")
 
+# What Integrated Gradients explains; the functions behind these names live in
+# agilenn.importance.EXPLAINED_OUTPUTS (a test keeps the two in step). Listed
+# here so that config stays free of torch.
+IG_TARGETS = ("logit", "loss")
+
 
 class _DictConfig:
     """Dict round-trip that refuses unknown keys, so a typo never goes unnoticed."""
@@ -90,6 +95,9 @@ class TrainConfig(_DictConfig):
     rate_weight: float = 0.0
     ig_steps: int = 8
     second_order: bool = False
+    # "logit": IG explains the true-class logit (our default); "loss": the
+    # per-sample cross-entropy, as the TensorFlow reference does.
+    ig_target: str = dataclasses.field(default="logit", metadata={"choices": IG_TARGETS})
     remap_channels: bool = True
     max_train_samples: int = 0
     augment_shift: int = 2
@@ -103,3 +111,5 @@ class TrainConfig(_DictConfig):
             raise ValueError("ig_steps and batch_size must be positive")
         if self.epochs < 0 or self.reference_epochs < 0:
             raise ValueError("epoch counts cannot be negative")
+        if self.ig_target not in IG_TARGETS:
+            raise ValueError(f"ig_target must be one of {', '.join(IG_TARGETS)}, not {self.ig_target!r}")

@@ -16,7 +16,12 @@ from .config import ModelConfig
 
 
 class LocalPredictor(nn.Module):
-    """Average pooling + one linear layer: small enough for an MCU."""
+    """Adaptive average pooling to ``pool`` x ``pool``, then one linear layer.
+
+    Small enough for an MCU. With the MNIST defaults (a 7x7 feature map and
+    ``local_pool`` 7) the pooling is the identity and pools nothing: the head
+    is one linear layer over all ``k * 7 * 7`` local feature values.
+    """
 
     def __init__(self, channels: int, pool: int, num_classes: int) -> None:
         super().__init__()

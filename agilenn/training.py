@@ -8,6 +8,9 @@ local and remote predictors, quantizer and merge with
     lam * CE(merged) + (1 - lam) * (skewness + disorder)
     + local_ce_weight * CE(local) + rate_weight * entropy(symbols).
 
+Importance is Integrated Gradients of the frozen reference's true-class logit,
+or of its cross-entropy with ``ig_target="loss"`` (see agilenn.importance).
+
 The trainer is resumable at epoch boundaries: ``state_dict()`` after any epoch
 and ``load_state_dict()`` into a new trainer continue bit-for-bit, because
 shuffling and learning rates are functions of (seed, epoch, step) only.
@@ -146,8 +149,9 @@ class Trainer:
         """Channels sorted by mean importance over a fixed slice of the training set."""
         self.model.eval()
         images, labels = self.dataset.batch(slice(0, REMAP_SAMPLES))
+        cfg = self.train_config
         attributions = integrated_gradients(
-            self.model.reference, self._features(images), labels, self.train_config.ig_steps
+            self.model.reference, self._features(images), labels, cfg.ig_steps, ig_target=cfg.ig_target
         )
         return channel_importance(attributions).mean(0).argsort(descending=True)
 
@@ -210,7 +214,7 @@ class Trainer:
         k = self.model.config.local_channels
         out = self.model(images)
         attributions = integrated_gradients(
-            self.model.reference, out.features, labels, cfg.ig_steps, cfg.second_order
+            self.model.reference, out.features, labels, cfg.ig_steps, cfg.second_order, cfg.ig_target
         )
         importance = channel_importance(attributions)
         rate_bits = symbol_entropy_bits(out.soft_assignment)
@@ -241,7 +245,9 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["model_config"] != self.model.config.to_dict():
             raise ValueError("cannot resume: the saved model config differs from this one")
-        if state["train_config"] != self.train_config.to_dict():
+        # Parsed, not compared as dicts: a state saved before a TrainConfig
+        # field existed (ig_target, say) takes that field's default.
+        if TrainConfig.from_dict(state["train_config"]) != self.train_config:
             raise ValueError("cannot resume: the saved training config differs from this one")
         self.completed_epochs = int(state["completed_epochs"])
         self.model.load_state_dict(state["model"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -51,9 +52,18 @@ def load_config(config_class: type[ConfigT], args: argparse.Namespace) -> Config
 
 
 def run_daemon(daemon: Daemon) -> int:
-    """Set up logging and run; a bad model, a busy port or a bad setting is one clean error line."""
+    """Set up logging and run; a bad model, a busy port or a bad setting is one clean error line.
+
+    The ``agilenn`` logger is put back as it was afterwards, for callers that run
+    several commands in one process (tests, notebooks).
+    """
+    logger = logging.getLogger("agilenn")
+    handlers, level = logger.handlers[:], logger.level
     try:
         configure_logging(daemon.config.log_level, daemon.config.log_format)
         return daemon.run()
     except (AgileNNError, OSError, ValueError) as exc:
         return fail(str(exc))
+    finally:
+        logger.handlers[:] = handlers
+        logger.setLevel(level)

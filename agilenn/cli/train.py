@@ -40,6 +40,9 @@ def _add_config_flags(parser: argparse.ArgumentParser, config_type: type) -> Non
         flag = "--" + field.name.replace("_", "-")
         if isinstance(field.default, bool):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        elif "choices" in field.metadata:
+            group.add_argument(flag, choices=field.metadata["choices"], default=None,
+                               help=f"default {field.default}")
         else:
             group.add_argument(flag, type=type(field.default), default=None, metavar=field.name.upper(),
                                help=f"default {field.default}")
