@@ -19,6 +19,7 @@ import time
 import zmq
 
 from .curve import CurveClientConfig, configure_client
+from .errors import QueueFull
 
 log = logging.getLogger("agilenn.broker")
 
@@ -55,7 +56,7 @@ class BrokerWorkerTransport:
         if self._curve is not None:
             configure_client(self._socket, self._curve)
         self._socket.connect(self.endpoint)
-        self._socket.send_multipart([READY, str(self.capacity).encode()])
+        self._send([READY, str(self.capacity).encode()])
         now = time.monotonic()
         self._broker_expires = now + HEARTBEAT_INTERVAL_S * HEARTBEAT_LIVENESS
         self._next_heartbeat = now + HEARTBEAT_INTERVAL_S
@@ -66,7 +67,7 @@ class BrokerWorkerTransport:
         while True:
             now = time.monotonic()
             if now >= self._next_heartbeat:
-                self._socket.send_multipart([HEARTBEAT])
+                self._send([HEARTBEAT])
                 self._next_heartbeat = now + HEARTBEAT_INTERVAL_S
             if now > self._broker_expires:
                 log.warning("broker %s went quiet; reconnecting", self.endpoint)
@@ -84,7 +85,18 @@ class BrokerWorkerTransport:
         assert self._socket is not None, "bind() first"
         length, _, rest = identity.partition(b":")
         client_length = int(length)
-        self._socket.send_multipart([REPLY, rest[:client_length], rest[client_length:], message])
+        if not self._send([REPLY, rest[:client_length], rest[client_length:], message]):
+            raise QueueFull(f"no connection to the broker {self.endpoint} takes the reply")
+
+    def _send(self, frames: list[bytes]) -> bool:
+        """Send without blocking; False when no connection takes it (the broker is gone, or
+        refused this worker's CURVE key): a blocked send would freeze the worker for good."""
+        assert self._socket is not None
+        try:
+            self._socket.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
 
     def close(self) -> None:
         if self._socket is not None:
