@@ -166,7 +166,7 @@ class ZmqClientTransport:
 
     # The handshake failures after which libzmq drops the connection and does not retry.
     _FATAL = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    _WATCHED = _FATAL | zmq.EVENT_DISCONNECTED
+    _WATCHED = _FATAL | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 
     def __init__(self, endpoint: str, *, curve: CurveClientConfig | None = None,
                  hwm: int = 1000, context: zmq.Context | None = None) -> None:
@@ -178,6 +178,7 @@ class ZmqClientTransport:
         self._closed = False
         self._sockets: tuple[zmq.Socket, zmq.Socket] | None = None  # (DEALER, its monitor)
         self._failure = ""
+        self._established = False  # a handshake succeeded on the current connection
         self._dropped = False
         try:
             self._open()
@@ -240,7 +241,8 @@ class ZmqClientTransport:
     def _open(self) -> None:
         socket = self._context.socket(zmq.DEALER)
         monitor = socket.get_monitor_socket(self._WATCHED)
-        self._sockets, self._failure, self._dropped = (socket, monitor), "", False
+        self._sockets, self._failure = (socket, monitor), ""
+        self._established = self._dropped = False
         # Built once per connection: a Poller per recv() cost more than the payload's schema work.
         self._poller = zmq.Poller()
         self._poller.register(socket, zmq.POLLIN)
@@ -260,8 +262,12 @@ class ZmqClientTransport:
         """Note drops; raise DeliveryFailed once the handshake failed for good (sticky until reconnect())."""
         while monitor.poll(0):
             event = recv_monitor_message(monitor)
-            if event["event"] == zmq.EVENT_DISCONNECTED:
-                self._dropped = True
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._established = True
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
+                # Only an established connection can have carried a message: a refused
+                # handshake ends in a failure event instead.
+                self._dropped, self._established = self._dropped or self._established, False
             elif event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 self._failure = (f"server {self.endpoint} refused this device's CURVE key "
                                  f"(ZAP status {event['value']}); is its public key in the "
