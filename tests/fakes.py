@@ -49,16 +49,17 @@ def ask(server: RemoteServer, request: Message | bytes, request_id: int | None =
     return decode_message(reply)
 
 
-def all_replies(server: RemoteServer, requests: Sequence[Message | bytes],
-                quiet: float = 0.5) -> list[Message]:
+def all_replies(server: RemoteServer, requests: Sequence[Message | bytes], quiet: float = 5.0,
+                settle: float = 0.3) -> list[Message]:
     """Send ``requests`` together on one connection (so they share batches) and collect every
-    reply until ``quiet`` s pass without one: a second answer to a request would be caught."""
+    reply: until ``quiet`` s pass without one, and once there is one reply per request, for
+    ``settle`` s more, so that a second answer to a request would be caught."""
     client = server.connect()
     try:
         for request in requests:
             client.send(request if isinstance(request, bytes) else encode_message(request))
         replies = []
-        while (data := client.recv(quiet)) is not None:
+        while (data := client.recv(quiet if len(replies) < len(requests) else settle)) is not None:
             replies.append(decode_message(data))
     finally:
         client.close()

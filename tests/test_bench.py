@@ -618,9 +618,10 @@ def test_the_command_refuses_bad_arguments_clearly(
 
 
 @pytest.mark.usefixtures("_restore_torch_threads")
-def test_a_refused_split_layer_leaves_no_socket_open() -> None:
+def test_a_refused_split_layer_is_refused_before_any_server_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner, "running_server", _no_server)
     code, unclosed = _run_collecting_resource_warnings(
-        ["bench", "--quiet", "--schemes", "split8", "--split-layer", "9", *SMALL_RUN])
+        ["bench", "--quiet", "--schemes", "agilenn,split8", "--split-layer", "9", *SMALL_RUN])
     assert code == 2
     assert unclosed == []
 
@@ -686,7 +687,7 @@ def _dropped_in_family(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Itera
 
 
 def _no_server(model: str) -> Any:
-    raise AssertionError(f"a family that serves nothing started a server for {model}")
+    raise AssertionError(f"a server was started for {model}")
 
 
 @pytest.mark.usefixtures("_restore_torch_threads", "_dropped_in_family")

@@ -125,17 +125,22 @@ def test_a_spent_deadline_sends_nothing(server: RemoteServer) -> None:
     assert prediction.reason == "deadline: spent on the device" and prediction.reason_code == "deadline-spent"
 
 
-def test_the_client_probes_again_after_a_deadline_fallback(server: RemoteServer) -> None:
+def test_the_client_probes_again_after_a_deadline_fallback(
+    server: RemoteServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Review finding: once the estimate said 'too slow', the client never sent again."""
     import time
 
+    import edge_node.client
+
+    monkeypatch.setattr(edge_node.client, "PROBE_INTERVAL_S", 0.3)
     with _client(server, deadline_ms=5_000) as client:
         first = client.infer(IMAGES.images[7])
         size = first.bytes_up + first.bytes_down
         client.estimator.observe(size, 10.0)  # as if the link had been very slow
         client.estimator.observe(size, 10.0)
         assert client.infer(IMAGES.images[8]).source == LOCAL_FALLBACK
-        time.sleep(1.1)  # past the probe interval
+        time.sleep(0.35)  # past the probe interval
         assert client.infer(IMAGES.images[9]).source == OFFLOADED
 
 

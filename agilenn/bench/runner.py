@@ -62,6 +62,8 @@ def _check(config: BenchConfig) -> tuple[tuple[str, ...], ImageDataset]:
     """The chosen families and the test set, or a BenchError before any server starts."""
     try:
         families = select_families(config.families)
+        for name in families:
+            FAMILIES[name]().check(config)
     except ValueError as exc:
         raise BenchError(str(exc)) from None
     dataset = load_dataset(config.dataset, "test", config.data_dir)

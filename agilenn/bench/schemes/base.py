@@ -89,6 +89,9 @@ class Family(ABC):
         """The model an ``agilenn server`` must serve for these schemes; None for none."""
         return None
 
+    def check(self, config: BenchConfig) -> None:
+        """Refuse settings these schemes cannot run with (ValueError), before any server starts."""
+
     @abstractmethod
     def schemes(self, context: SchemeContext) -> list[Scheme]:
         """The family's schemes; whatever they open goes through ``context.own``."""

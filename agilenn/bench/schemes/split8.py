@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ...baselines.models import count_macs
+from ..config import BenchConfig
 from .base import Outcome, Scheme, SchemeContext, as_input, register_family, timed
 from .offload import Baseline, OffloadFamily, Offloader
 
@@ -21,14 +22,16 @@ class Split8(OffloadFamily):
     marker = "D"
     linestyle = "-."
 
+    def check(self, config: BenchConfig) -> None:
+        split_points = list(Baseline.load(config.baseline).model.split_points)
+        refused = [split for split in config.split_layers if split not in split_points]
+        if refused:
+            raise ValueError(f"split layers {refused} are not among {split_points}")
+
     def schemes(self, context: SchemeContext) -> list[Scheme]:
         baseline = Baseline.load(context.config.baseline)
-        splits = context.config.split_layers
-        refused = [split for split in splits if split not in baseline.model.split_points]
-        if refused:  # before the client opens, so nothing is left to close
-            raise ValueError(f"split layers {refused} are not among {list(baseline.model.split_points)}")
         offloader = self.offloader(context)
-        return [self._scheme(baseline, offloader, split) for split in splits]
+        return [self._scheme(baseline, offloader, split) for split in context.config.split_layers]
 
     def _scheme(self, baseline: Baseline, offloader: Offloader, split: int) -> Scheme:
         head: nn.Module = baseline.model.head(split)
