@@ -91,6 +91,7 @@ class Family(ABC):
 
     def check(self, config: BenchConfig) -> None:
         """Refuse settings these schemes cannot run with (ValueError), before any server starts."""
+        return None  # most families run with any settings
 
     @abstractmethod
     def schemes(self, context: SchemeContext) -> list[Scheme]:
