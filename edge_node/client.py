@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import zmq
 
-from agilenn.pretrained import load_checkpoint
 from agilenn.codec import FeatureCodec
+from agilenn.pretrained import DEFAULT_MODEL, load_checkpoint
 from transports.curve import CurveClientConfig
 from transports.emulator import LinkProfile, emulated, last_uplink_seconds
 from transports.errors import TransportError
@@ -104,7 +104,7 @@ def as_image_batch(image: np.ndarray | torch.Tensor, channels: int, size: int) -
 
 
 class EdgeClient:
-    def __init__(self, model: str = "pretrained:mnist", server: str | None = None,
+    def __init__(self, model: str = DEFAULT_MODEL, server: str | None = None,
                  deadline_ms: float | None = None, link: str | LinkProfile | None = None,
                  device_id: str = "edge-0", timeout_s: float = 1.0,
                  curve: CurveClientConfig | None = None, seed: int = 0, merge: str = "device",

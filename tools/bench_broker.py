@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -24,7 +23,9 @@ from typing import Any
 import zmq
 
 from bench_server import _requests
-from transports.broker import Broker
+from agilenn.daemon import DaemonThread
+from server_node.broker import Broker
+from server_node.config import BrokerConfig
 from transports.messages import ErrorReply, MessageType, decode_message, encode_message
 
 
@@ -88,8 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="fraction of requests answered before the kill")
     parser.add_argument("--reply-timeout", type=float, default=10.0)
     args = parser.parse_args(argv)
-    broker = Broker("tcp://127.0.0.1:0", "tcp://127.0.0.1:0")
-    broker_thread = threading.Thread(target=broker.run)
+    broker = Broker(BrokerConfig(frontend="tcp://127.0.0.1:0", backend="tcp://127.0.0.1:0"))
+    broker_thread = DaemonThread(broker, name="broker")
     broker_thread.start()
     worker_command = [sys.executable, "-m", "agilenn", "server", "--connect", broker.backend_endpoint,
                       "--max-batch-size", "32", "--log-level", "ERROR"]
@@ -119,8 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for worker in workers:
         worker.kill()
         worker.wait()
-    broker.should_exit.set()
-    broker_thread.join()
+    broker_thread.stop()
     counts = {key: sum(c[0][key] for c in collected) for key in collected[0][0]}
     codes: dict[str, int] = {}
     for _, part in collected:
