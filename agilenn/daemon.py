@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -53,9 +54,12 @@ class DaemonConfig:
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
-            value, expected = getattr(self, field.name), type(field.default)
+            value: Any = getattr(self, field.name)
+            expected = type(field.default)
             if type(value) is not expected and not (expected is float and type(value) is int):
                 raise ValueError(f"{field.name} must be a {expected.__name__}, not {value!r}")
+            if expected is float and not math.isfinite(value):
+                raise ValueError(f"{field.name} must be a finite number, not {value!r}")
         if self.log_format not in LOG_FORMATS:
             raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}, not {self.log_format!r}")
         if self.shutdown_timeout_s < 0:
@@ -119,9 +123,11 @@ def configure_logging(level: str, log_format: str) -> None:
 def captured_signals(should_exit: threading.Event, force_exit: threading.Event) -> Iterator[None]:
     """SIGINT/SIGTERM set ``should_exit`` (a graceful stop); a second one sets ``force_exit``.
 
-    Neither raises inside the interrupted code, so the closing of sockets and
-    ports in the daemon's ``finally`` always runs. The original handlers are
-    restored on the way out.
+    Neither raises inside the interrupted code, so what is in flight is answered
+    or cancelled with a reply, and the closing of sockets and ports always runs:
+    the daemons' loops look at the flags at least every 0.1 s. The second signal
+    also puts the original handlers back, so a third one stops a daemon that
+    is blocked for good. They are restored on the way out in any case.
     """
     if threading.current_thread() is not threading.main_thread():
         yield  # signals can only be caught on the main thread
@@ -133,6 +139,10 @@ def captured_signals(should_exit: threading.Event, force_exit: threading.Event) 
         if should_exit.is_set():
             log.warning("received %s again: cancelling what is left", name)
             force_exit.set()
+            # A daemon stuck in a call that never returns still has a way out: a third
+            # signal gets Python's own handling (KeyboardInterrupt, or termination).
+            for sig, original in originals.items():
+                signal.signal(sig, original)
         else:
             log.info("received %s: finishing in-flight work", name)
             should_exit.set()

@@ -25,6 +25,7 @@ from agilenn.data import load_dataset
 from agilenn.data.image_files import image_files, load_image_file
 from agilenn.errors import AgileNNError, DataError
 from transports.curve import CurveClientConfig
+from transports.errors import TransportClosed
 from transports.pipe import MessageTransport
 from transports.reliable import ReliableLink, open_serial_link
 
@@ -164,7 +165,9 @@ class GatewayNode(Daemon):
         return dict(self.gateway.stats) if self.gateway is not None else {}
 
     def serve_step(self) -> None:
-        assert self.gateway is not None
+        assert self.gateway is not None and self._link is not None
+        if self._link.closed:  # else recv() returns at once and the loop would spin
+            raise TransportClosed("the serial link to the MCU closed")
         self.gateway.serve_once(0.1)
 
     def drain_step(self) -> bool:

@@ -26,13 +26,14 @@ from zmq.auth.thread import ThreadAuthenticator
 from agilenn.daemon import Daemon, DaemonMetrics
 from transports.broker import HEARTBEAT, HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS, READY, REPLY, REQUEST
 from transports.curve import CurveServerConfig, allow_domain, configure_server, start_authenticator
-from transports.messages import claims_error, encode_message, error_reply, salvage_header
+from transports.messages import MAX_MESSAGE_BYTES, claims_error, encode_message, error_reply, salvage_header
 from transports.zmq_transport import MAX_WIRE_MESSAGE_BYTES
 
 from .config import BrokerConfig
 
 log = logging.getLogger("agilenn.broker")
 _LIFETIME_S = HEARTBEAT_INTERVAL_S * HEARTBEAT_LIVENESS
+MAX_CAPACITY = 4096  # requests one worker may hold, whatever its READY claims
 
 
 @dataclass
@@ -163,7 +164,10 @@ class Broker(Daemon):
         key = next(self._keys)
         self._requests[key] = _Request(frames[0], frames[1])
         self._count("requests")
-        if not accepting:
+        if len(frames[1]) > MAX_MESSAGE_BYTES:  # held messages are bounded by what a worker accepts
+            self._give_up(key, "too-large", f"message is {len(frames[1])} bytes, the limit is "
+                                            f"{MAX_MESSAGE_BYTES}")
+        elif not accepting:
             self._give_up(key, "shutting-down", "the broker is stopping; try another")
         elif len(self._queue) >= self.config.max_queue:
             self._give_up(key, "overloaded", f"{len(self._queue)} requests already wait for a worker")
@@ -171,11 +175,12 @@ class Broker(Daemon):
             self._queue.append(key)
 
     def _to_client(self, client: bytes, message: bytes) -> None:
+        # Never blocking: a device that stops reading must not stall every other one.
         try:
-            self._frontend.send_multipart([client, message])
-        except zmq.ZMQError as exc:  # EHOSTUNREACH: the device is gone; it will retry
+            self._frontend.send_multipart([client, message], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # EHOSTUNREACH: the device is gone; EAGAIN: it does not read
             self._count("undeliverable")
-            log.info("reply for a departed client dropped: %s", exc)
+            log.info("reply for a departed or stalled client dropped: %s", exc)
 
     def _give_up(self, key: bytes, code: str, reason: str) -> None:
         request = self._requests.pop(key)
@@ -188,7 +193,9 @@ class Broker(Daemon):
         worker_id, kind, *rest = frames
         worker = self._workers.get(worker_id)
         if kind == READY and rest:
-            capacity = int(rest[0]) if rest[0].isdigit() else 1
+            if worker is not None:  # it restarted: what it held is retried elsewhere
+                self._lose(worker_id, "announced itself again")
+            capacity = min(int(rest[0]), MAX_CAPACITY) if rest[0].isdigit() and len(rest[0]) <= 6 else 1
             self._workers[worker_id] = _Worker(max(capacity, 1), time.monotonic() + _LIFETIME_S)
             log.info("worker %s ready (capacity %d)", worker_id.hex(), capacity)
             return
@@ -196,11 +203,11 @@ class Broker(Daemon):
             return  # a worker we presumed dead: it must say READY again
         worker.expires = time.monotonic() + _LIFETIME_S
         if kind == REPLY and len(rest) == 3:
-            client, key, message = rest
+            _, key, message = rest
             if key in worker.held:
                 worker.held.discard(key)
-                self._requests.pop(key, None)
-                self._to_client(client, message)
+                request = self._requests.pop(key)
+                self._to_client(request.client, message)  # to whom the broker says, not the worker
                 self._count("replies")
 
     def _heartbeat(self) -> None:
@@ -210,9 +217,9 @@ class Broker(Daemon):
                 self._lose(worker_id, "stopped heartbeating")
                 continue
             try:
-                self._backend.send_multipart([worker_id, HEARTBEAT])
+                self._backend.send_multipart([worker_id, HEARTBEAT], zmq.NOBLOCK)
             except zmq.ZMQError:
-                self._lose(worker_id, "disconnected")
+                self._lose(worker_id, "disconnected or not reading")
 
     def _lose(self, worker_id: bytes, why: str) -> None:
         worker = self._workers.pop(worker_id)
@@ -236,7 +243,8 @@ class Broker(Daemon):
             key = self._queue.popleft()
             request = self._requests[key]
             try:
-                self._backend.send_multipart([worker_id, REQUEST, request.client, key, request.message])
+                self._backend.send_multipart([worker_id, REQUEST, request.client, key, request.message],
+                                             zmq.NOBLOCK)
             except zmq.ZMQError:
                 self._queue.appendleft(key)
                 self._lose(worker_id, "disconnected")

@@ -176,11 +176,11 @@ class Server(Daemon):
             queued = started - item.arrived
             self.metrics.queue_seconds.observe(queued)
             timings = ServerTimings(round(1e6 * queued), compute_us, len(batch))
-            reply = dataclasses.replace(result, timings=timings).message(
-                item.request.request_id, item.request.device_id, self.model_hash)
-            try:
-                data = encode_message(reply)  # per request: one invalid result fails only its own
-            except ProtocolError as exc:
+            try:  # per request: one invalid result fails only its own, and nothing is answered twice
+                reply = dataclasses.replace(result, timings=timings).message(
+                    item.request.request_id, item.request.device_id, self.model_hash)
+                data = encode_message(reply)
+            except Exception as exc:
                 self._fail(item.identity, item.request, "internal", f"the model's result is invalid: {exc}")
                 continue
             self._deliver(item.identity, data, reply)

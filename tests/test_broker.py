@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -145,3 +146,109 @@ def test_curve_keeps_unknown_devices_and_workers_out(tmp_path: Path) -> None:
         finally:
             for transport in (allowed, unknown, plain):
                 transport.close()
+
+
+@pytest.fixture
+def bare_broker() -> Iterator[tuple[Broker, Any]]:
+    """A broker with no real workers, and a function that opens raw DEALER sockets to it."""
+    import zmq
+
+    running = Broker(BrokerConfig(frontend="tcp://127.0.0.1:0", backend="tcp://127.0.0.1:0", max_queue=10))
+    context = zmq.Context()
+    sockets: list[Any] = []
+
+    def connect(endpoint: str) -> Any:
+        sock = context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoint)
+        sockets.append(sock)
+        return sock
+
+    try:
+        with DaemonThread(running, name="broker"):
+            yield running, connect
+    finally:
+        for sock in sockets:
+            sock.close(0)
+        context.term()
+
+
+def test_hostile_worker_announcements_do_not_crash_the_broker(bare_broker: tuple[Broker, Any]) -> None:
+    """Review finding: READY with 5,000 digits raised ValueError in int() and killed the broker."""
+    broker, connect = bare_broker
+    fake = connect(broker.backend_endpoint)
+    fake.send_multipart([b"READY", b"9" * 5000])
+    fake.send_multipart([b"READY", b"999999"])
+    _wait_for_workers(broker, 1)
+    (worker,) = broker._workers.values()
+    assert worker.capacity == 4096  # capped, whatever it claims
+    client = connect(broker.frontend_endpoint)
+    client.send(encode_message(_request(0, 70)))
+    frames = fake.recv_multipart() if fake.poll(5000) else []
+    while frames and frames[0] != b"REQUEST":
+        frames = fake.recv_multipart() if fake.poll(5000) else []
+    assert frames[0] == b"REQUEST"
+    _, _, key, message = frames
+    fake.send_multipart([b"REPLY", b"someone-else", key, message])  # lies about the client
+    assert client.poll(5000), "the reply went where the worker said, not to the requester"
+    assert decode_message(client.recv()).request_id == 70
+
+
+def test_a_worker_announcing_itself_again_has_its_requests_retried(bare_broker: tuple[Broker, Any]) -> None:
+    broker, connect = bare_broker
+    fake = connect(broker.backend_endpoint)
+    fake.send_multipart([b"READY", b"1"])
+    _wait_for_workers(broker, 1)
+    client = connect(broker.frontend_endpoint)
+    client.send(encode_message(_request(0, 71)))
+    while fake.poll(5000) and fake.recv_multipart()[0] != b"REQUEST":
+        pass
+    fake.send_multipart([b"READY", b"1"])  # it restarted, forgetting request 71
+    key = message = b""
+    deadline = time.monotonic() + 5
+    while not message and time.monotonic() < deadline and fake.poll(5000):
+        frames = fake.recv_multipart()
+        if frames[0] == b"REQUEST":
+            _, _, key, message = frames
+    assert decode_message(message).request_id == 71  # sent again, not orphaned
+    assert broker.stats["retried"] == 1
+    fake.send_multipart([b"REPLY", b"", key, message])
+    assert client.poll(5000) and decode_message(client.recv()).request_id == 71
+
+
+def test_an_oversized_request_is_answered_by_the_broker_itself(bare_broker: tuple[Broker, Any]) -> None:
+    """Review finding: the broker held every message up to the 4 MiB cap, with no bound in bytes."""
+    import msgpack
+
+    broker, connect = bare_broker
+    client = connect(broker.frontend_endpoint)
+    client.send(msgpack.packb([1, 1, 72, "x" * 300_000, b"", {}, {}], use_bin_type=True))
+    assert client.poll(5000)
+    reply = decode_message(client.recv())
+    assert reply.request_id == 72 and ErrorReply.parse(reply).code == "too-large"
+    assert not broker._requests
+
+
+def test_a_device_that_stops_reading_does_not_stall_the_broker(bare_broker: tuple[Broker, Any]) -> None:
+    """Review finding: with ROUTER_MANDATORY a blocking send to a full peer froze the broker."""
+    import zmq
+
+    broker, connect = bare_broker
+    stalled = connect(broker.frontend_endpoint)
+    stalled.setsockopt(zmq.RCVHWM, 1)
+    request = encode_message(_request(0, 73))
+    sent, deadline = 0, time.monotonic() + 10
+    while sent < 60_000 and time.monotonic() < deadline:  # every one gets "overloaded", none is read
+        try:
+            stalled.send(request, zmq.NOBLOCK)
+            sent += 1
+        except zmq.Again:
+            time.sleep(0.001)
+    deadline = time.monotonic() + 20
+    while broker.stats["requests"] < sent and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert broker.stats["requests"] == sent  # the broker kept reading
+    assert broker.stats["undeliverable"] > 0  # the stalled device's answers were dropped, counted
+    healthy = connect(broker.frontend_endpoint)
+    healthy.send(encode_message(_request(1, 74)))
+    assert healthy.poll(5000)  # still served (no worker: it waits, then the queue is full)

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,9 @@ def test_layers_apply_file_then_environment_then_flags(tmp_path: Path) -> None:
     (lambda: ToyConfig(workers="2"), "workers must be a int"),  # type: ignore[arg-type]
     (lambda: ToyConfig(log_format="xml"), "log_format must be one of json, text"),
     (lambda: ToyConfig(shutdown_timeout_s=-1), "shutdown_timeout_s cannot be negative"),
+    (lambda: ToyConfig(ratio=float("nan")), "ratio must be a finite number"),
+    (lambda: ToyConfig.load(env={"AGILENN_SHUTDOWN_TIMEOUT_S": "inf"}),
+     "shutdown_timeout_s must be a finite"),
 ])
 def test_bad_settings_are_refused_with_the_setting_named(make: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -74,8 +78,14 @@ def test_a_first_signal_asks_for_a_stop_a_second_forces_it_and_neither_raises() 
     with captured_signals(should_exit, force_exit):
         os.kill(os.getpid(), signal.SIGTERM)
         assert should_exit.wait(2) and not force_exit.is_set()
+        assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
         os.kill(os.getpid(), signal.SIGINT)
         assert force_exit.wait(2)
+        # A third signal gets Python's own handling, for a daemon blocked for good.
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
     assert signal.getsignal(signal.SIGTERM) is before  # the original handler is back
 
 

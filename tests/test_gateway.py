@@ -21,6 +21,7 @@ from edge_node.gateway import SerialGateway
 from edge_node.pairing import McuSimulator
 from server_node.remote import RemoteServer
 from transports.arq import ArqConfig
+from transports.errors import TransportClosed
 from transports.messages import ErrorReply, MessageType, Ping, decode_message, encode_message
 from transports.pipe import MemoryPipe
 from transports.reliable import ReliableLink
@@ -119,6 +120,24 @@ def test_gateway_node_refuses_what_arrives_while_it_stops_and_counts_it() -> Non
     samples = {s.labels["outcome"]: s.value for metric in node.metrics.registry.collect()
                for s in metric.samples if s.name == "agilenn_gateway_messages_total"}
     assert samples == {"forwarded": 1.0, "shutting-down": 1.0}
+
+
+def test_the_gateway_node_stops_when_the_serial_link_closes() -> None:
+    """Review finding: a closed link made recv() return at once, and the loop spun at 100% CPU."""
+    gateway_end, mcu_end = MemoryPipe.pair()
+    with RemoteServer.in_memory() as server, ReliableLink(gateway_end, FAST) as edge_link:
+        node = GatewayNode(EdgeConfig(serial="memory", server="memory://server"), edge_link, server.connect())
+        node.load()
+        try:
+            node.serve_step()  # an open link: waits for the MCU, nothing arrives
+            mcu_end.close()  # the MCU hangs up
+            deadline = time.monotonic() + 5
+            while not edge_link.closed and time.monotonic() < deadline:
+                time.sleep(0.01)
+            with pytest.raises(TransportClosed, match="serial link to the MCU closed"):
+                node.serve_step()
+        finally:
+            node.close()
 
 
 def test_edge_cli_gateway_process_relays_and_stops_on_sigterm() -> None:

@@ -374,6 +374,27 @@ def test_an_invalid_result_fails_only_its_own_request_and_each_is_answered_once(
     assert all(r.type is MessageType.INFER_REPLY for r in replies if r not in errors)
 
 
+def test_a_result_that_cannot_even_be_built_fails_only_its_own_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review finding: a result that raised while its reply was built answered the earlier
+    requests of the batch twice (their reply, then an ERROR for the whole batch)."""
+    with RemoteServer.in_memory(max_batch_size=4, max_queue_delay_us=200_000) as server:
+        served = server.server.served  # type: ignore[attr-defined]
+        real_run = served.run
+
+        def text_for_the_last(prepared: list[object]) -> list[InferReply]:
+            replies = real_run(prepared)
+            replies[-1] = dataclasses.replace(replies[-1], remote_logits=np.array(["not", "numbers"]))
+            return replies  # type: ignore[no-any-return]
+
+        monkeypatch.setattr(served, "run", text_for_the_last)
+        requests = [_infer(i, merge_on_device=True).message(50 + i, f"dev-{i}", HASH) for i in range(3)]
+        replies = all_replies(server, requests)
+    assert sorted(r.request_id for r in replies) == [50, 51, 52]  # each answered exactly once
+    assert [r.request_id for r in replies if r.type is MessageType.ERROR] == [52]
+
+
 def test_an_unexpected_decoder_failure_costs_one_request_not_the_server(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -92,6 +92,11 @@ class ReliableLink:
                 self._state.wait(remaining)
             return self._inbox.popleft()
 
+    @property
+    def closed(self) -> bool:
+        """Closed here, or by the peer's end of the pipe (unplugged, hung up)."""
+        return self._closed
+
     def close(self) -> None:
         with self._state:
             self._closed = True
