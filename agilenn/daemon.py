@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -58,7 +58,7 @@ class DaemonConfig:
             expected = type(field.default)
             if type(value) is not expected and not (expected is float and type(value) is int):
                 raise ValueError(f"{field.name} must be a {expected.__name__}, not {value!r}")
-            if expected is float and not math.isfinite(value):
+            if expected is float and not math.isfinite(cast(float, value)):
                 raise ValueError(f"{field.name} must be a finite number, not {value!r}")
         if self.log_format not in LOG_FORMATS:
             raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}, not {self.log_format!r}")
