@@ -15,6 +15,11 @@ import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 
+# One intra-op thread per test process: CI runs two pytest workers on two cores, and
+# torch's spinning thread pools slow each other down by orders of magnitude when
+# oversubscribed.
+torch.set_num_threads(1)
+
 # tqdm's monitor is a process-wide daemon thread started by the first bar; it
 # would trip the leak guard below without being a leak of the code under test.
 tqdm.tqdm.monitor_interval = 0

@@ -25,7 +25,7 @@ from ..bench.config import BenchConfig
 from ..bench.report import format_table
 from ..bench.runner import run_bench
 from ..bench.schemes import FAMILIES, family_names, select_families
-from ..data import DATASETS
+from ..data import DATASET_HELP, dataset_spec
 from ..errors import AgileNNError
 from ..pretrained import DEFAULT_MODEL
 from .common import fail, write_atomically
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=(2, 4, 5),
         help="split8 cut points (1-5: after that many blocks of the full CNN)",
     )
-    parser.add_argument("--dataset", default="mnist-sample", choices=DATASETS)
+    parser.add_argument("--dataset", default="mnist-sample", type=dataset_spec, help=DATASET_HELP)
     parser.add_argument("--data-dir", help="for --dataset mnist; or set AGILENN_DATA")
     parser.add_argument("--window", type=int, default=100, help="requests per stability window")
     parser.add_argument("--stability-percentage", type=float, default=10.0)

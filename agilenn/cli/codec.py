@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..checkpoint import Checkpoint
 from ..codec import LAYOUTS, train_dictionary
-from ..data import DATASETS, load_dataset
+from ..data import DATASET_HELP, dataset_spec, load_dataset
 from ..errors import AgileNNError
 from ..evaluate import device_symbols
 from ..pretrained import DEFAULT_MODEL, load_checkpoint
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--layout", choices=sorted(LAYOUTS))
     parser.add_argument("--level", type=int, help="zstd level (1-22)")
     parser.add_argument("--dictionary-size", type=int, default=0, help="bytes; 0 = no dictionary")
-    parser.add_argument("--dataset", choices=DATASETS, default="mnist")
+    parser.add_argument("--dataset", type=dataset_spec, default="mnist", help=DATASET_HELP)
     parser.add_argument("--data-dir", help="training data for the dictionary (default: $AGILENN_DATA)")
     parser.add_argument("--samples", type=int, default=10_000)
     return parser

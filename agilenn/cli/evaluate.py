@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from ..data import DATASETS, load_dataset
+from ..data import DATASET_HELP, dataset_spec, load_dataset
 from ..errors import AgileNNError
 from ..evaluate import evaluate
 from ..pretrained import DEFAULT_MODEL, load_checkpoint
@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agilenn eval", description=__doc__)
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"a .agnn file or pretrained:NAME (default {DEFAULT_MODEL})")
-    parser.add_argument("--dataset", choices=DATASETS, default="mnist")
+    parser.add_argument("--dataset", type=dataset_spec, default="mnist", help=DATASET_HELP)
     parser.add_argument("--data-dir", help="dataset folder (default: $AGILENN_DATA)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--limit", type=int, default=0, help="first N samples only (0: all)")

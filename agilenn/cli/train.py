@@ -23,7 +23,7 @@ import torch
 from ..checkpoint import Checkpoint
 from ..codec import LAYOUTS, CodecSettings
 from ..config import ModelConfig, TrainConfig
-from ..data import DATASETS, load_dataset
+from ..data import DATASET_HELP, dataset_spec, load_dataset
 from ..errors import AgileNNError
 from ..training import EpochMetrics, Trainer
 from .common import fail, print_json, write_atomically
@@ -60,7 +60,7 @@ def _config_from_args(config_type: type, args: argparse.Namespace, **fixed: Any)
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agilenn train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", choices=DATASETS, default="mnist")
+    parser.add_argument("--dataset", type=dataset_spec, default="mnist", help=DATASET_HELP)
     parser.add_argument("--data-dir", help="dataset folder (default: $AGILENN_DATA)")
     parser.add_argument("--out", required=True, type=Path, help="checkpoint to write (.agnn)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT.train-state.pt")

@@ -1,12 +1,15 @@
 """Dataset loaders. Nothing here downloads: data comes from local folders.
 
 ``load_dataset(name, split, data_dir)`` picks a loader by name from
-:data:`DATASETS`; ``resolve_data_dir`` applies the ``--data-dir`` /
-``AGILENN_DATA`` rule.
+:data:`DATASETS`, or takes a spec: ``mnist-c:NAME`` (the MNIST split with an
+MNIST-C corruption, see :mod:`.mnist_c`) or ``npz:PATH`` (a user's labelled
+samples, see :mod:`.npz`). ``dataset_spec`` checks such a name for argparse;
+``resolve_data_dir`` applies the ``--data-dir`` / ``AGILENN_DATA`` rule.
 """
 
 from __future__ import annotations
 
+import argparse
 import io
 import os
 from importlib import resources
@@ -19,9 +22,14 @@ from ..errors import DataError
 from .cifar10 import load_cifar10
 from .dataset import ImageDataset
 from .mnist import load_mnist
+from .mnist_c import CORRUPTIONS, corrupt, lookup, split_seed
+from .npz import load_npz
 from .synthetic import make_synthetic
 
-__all__ = ["DATASETS", "ImageDataset", "load_dataset", "resolve_data_dir", "load_mnist_sample"]
+__all__ = [
+    "DATASETS", "DATASET_HELP", "ImageDataset", "dataset_spec", "load_dataset", "resolve_data_dir",
+    "load_mnist_sample",
+]
 
 DATA_ENV = "AGILENN_DATA"
 SAMPLE_ASSET = "mnist-test-sample.npz"
@@ -57,11 +65,52 @@ _BUILTIN_LOADERS: dict[str, Callable[[str], ImageDataset]] = {
     "synthetic": _synthetic,
 }
 DATASETS = sorted([*_FOLDER_LOADERS, *_BUILTIN_LOADERS])
+MNIST_C_PREFIX = "mnist-c:"
+NPZ_PREFIX = "npz:"
+DATASET_HELP = (f"{', '.join(DATASETS)}; {MNIST_C_PREFIX}NAME for MNIST with an MNIST-C corruption "
+                f"({', '.join(CORRUPTIONS)}); or {NPZ_PREFIX}PATH for an .npz with images and labels")
+
+
+def _load_mnist_c(corruption: str, split: str, data_dir: str | Path | None) -> ImageDataset:
+    """The real MNIST split, every image corrupted, with the split's fixed seed."""
+    seed = split_seed(corruption, split)  # checks both names before reading 50 MB
+    clean = load_mnist(resolve_data_dir(data_dir), split)
+    images = corrupt(clean.images, corruption, seed)
+    return ImageDataset(f"{MNIST_C_PREFIX}{corruption}-{split}", images, clean.labels, clean.num_classes)
+
+
+def _parse_spec(name: str) -> tuple[str, str]:
+    """``(kind, value)``: a plain name, ``mnist-c`` and its corruption, or ``npz`` and its path."""
+    if name in DATASETS:
+        return "plain", name
+    if name.startswith(MNIST_C_PREFIX):
+        corruption = name.removeprefix(MNIST_C_PREFIX)
+        lookup(corruption)  # ValueError naming the known ones
+        return "mnist-c", corruption
+    if name.startswith(NPZ_PREFIX) and name != NPZ_PREFIX:
+        return "npz", name.removeprefix(NPZ_PREFIX)
+    raise ValueError(f"unknown dataset {name!r}; pick one of {DATASET_HELP}")
 
 
 def load_dataset(name: str, split: str, data_dir: str | Path | None = None) -> ImageDataset:
+    """A dataset by name or spec; ``split`` is ignored for ``npz:PATH``, which is one file."""
+    kind, value = _parse_spec(name)
+    if kind == "mnist-c":
+        return _load_mnist_c(value, split, data_dir)
+    if kind == "npz":
+        return load_npz(Path(value).expanduser())
     if name in _BUILTIN_LOADERS:
         return _BUILTIN_LOADERS[name](split)
-    if name in _FOLDER_LOADERS:
-        return _FOLDER_LOADERS[name](resolve_data_dir(data_dir), split)
-    raise ValueError(f"unknown dataset {name!r}; pick one of {', '.join(DATASETS)}")
+    return _FOLDER_LOADERS[name](resolve_data_dir(data_dir), split)
+
+
+def dataset_spec(text: str) -> str:
+    """argparse ``type`` for ``--dataset``: a name from DATASETS, ``mnist-c:NAME`` or ``npz:PATH``.
+
+    Only the form is checked here; whether the npz file exists is the loader's business.
+    """
+    try:
+        _parse_spec(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text

@@ -1,0 +1,1 @@
+"""On-device adaptation: what trains on the device, and the memory a training step needs."""
