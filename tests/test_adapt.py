@@ -45,8 +45,8 @@ def test_the_fixed_methods_train_what_they_say(method: str, expected: set[str]) 
 def test_sparse_update_measures_each_candidate_and_honours_the_memory_budget() -> None:
     example, _ = TRAIN.batch(slice(0, 32))
     budget = 400_000
-    config = AdaptConfig(method="sparse", memory_budget=budget, probe_epochs=1)
-    selection, details = choose_selection(MODEL, TRAIN, config)
+    config = AdaptConfig(method="sparse", memory_budget=budget, probe_epochs=1, lr=0.05)
+    selection, details = choose_selection(MODEL, _shifted("rotate", 0, 200, 0), config)
     contributions = details["contributions"]
     assert len(contributions) >= len(DEVICE_PARAMETERS)  # every bias, every weight at several ratios
     assert any(c["accuracy_gain"] != 0 for c in contributions)  # measured, not assumed
@@ -71,6 +71,24 @@ def test_a_short_adaptation_to_rotated_digits_raises_accuracy_and_leaves_the_mod
     assert all(torch.equal(original[name], p) for name, p in MODEL.state_dict().items())  # a copy trained
     assert result.peak_memory_estimated == result.peak_memory_measured  # the estimator's own check
     assert result.peak_memory_estimated < result.full_update_peak_memory
+
+
+def test_only_the_selection_and_the_server_side_change() -> None:
+    """Review finding: the quantizer's centroids trained too, under every method, unreported."""
+    result = adapt(MODEL, TRAIN, AdaptConfig(method="bias", epochs=1))
+    before, after = MODEL.state_dict(), result.model.state_dict()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    allowed = set(result.selection.ratios) | {name for name in before
+                                              if name.startswith(("remote_predictor.", "merge."))}
+    assert changed and changed <= allowed
+    assert any(name.endswith("bias") and not name.startswith("remote") for name in changed)
+    assert "quantizer.raw_centroids" not in changed
+    assert not any("running_" in name for name in changed)  # BatchNorm statistics stay frozen
+
+
+def test_a_memory_budget_nothing_fits_is_an_error_not_a_silent_overrun() -> None:
+    with pytest.raises(ValueError, match="nothing trains within a memory budget of 1000 bytes"):
+        choose_selection(MODEL, TRAIN, AdaptConfig(method="sparse", memory_budget=1000))
 
 
 def test_unknown_methods_and_budgets_are_refused() -> None:

@@ -52,8 +52,20 @@ def test_adapt_prints_every_figure_and_writes_a_model_the_server_serves(
 
 def test_adapt_refuses_bad_input_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "broken.npz").write_bytes(b"not an npz")
-    assert main(["adapt", "--dataset", f"npz:{tmp_path / 'broken.npz'}"]) == 2
-    assert "broken.npz" in capsys.readouterr().err
+    mine = _npz(tmp_path / "mine.npz", 0, 20, 0)
+    rgb = tmp_path / "rgb.npz"
+    np.savez(rgb, images=np.zeros((4, 3, 28, 28), np.uint8), labels=np.zeros(4, np.int64))
+    cases = [
+        (["--dataset", f"npz:{tmp_path / 'broken.npz'}", "--eval-dataset", mine], "broken.npz"),
+        (["--dataset", mine], "--eval-dataset"),  # else it would evaluate on what it trained on
+        (["--dataset", mine, "--eval-dataset", mine, "--samples", "0"], "at least 1"),
+        (["--dataset", f"npz:{rgb}", "--eval-dataset", mine], "the model takes (1, 28, 28)"),
+        (["--dataset", mine, "--eval-dataset", mine, "--out", str(tmp_path / "no" / "x.agnn")], "no folder"),
+    ]
+    for arguments, message in cases:
+        assert main(["adapt", "--clean-dataset", "mnist-sample", *arguments]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (arguments, err)
     with pytest.raises(SystemExit):
         main(["adapt", "--dataset", "mnist-c:rotate", "--method", "everything"])
 

@@ -42,6 +42,7 @@ def test_knapsack_finds_the_best_set_and_never_exceeds_the_budget(
 def test_knapsack_on_a_known_answer() -> None:
     assert knapsack([60, 100, 120], [10, 20, 30], 50) == [1, 2]
     assert knapsack([5, 0, -1], [0, 1, 1], 0) == [0]  # free and valuable: taken; worthless: never
+    assert knapsack([1, 1], [0, 0.4], 0) == [0]  # review finding: a zero budget still takes free items
     with pytest.raises(ValueError):
         knapsack([1], [1, 2], 3)
 

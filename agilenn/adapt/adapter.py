@@ -3,10 +3,10 @@
 ``adapt(model, train_set, config)`` returns a new model. The device part
 (extractor and local predictor) trains only the chosen :class:`Selection`;
 the remote predictor and the merge, which live on the server, adapt in the
-same rounds. The loss is the training loss of AgileNN: cross-entropy of the
-merged and of the local logits, plus the skewness and disorder losses of the
-Integrated Gradients importance against the reference network (which stays on
-the server), so skewness survives the adaptation. Run in one process this is
+same rounds. The loss is AgileNN's training loss without its rate term:
+cross-entropy of the merged and of the local logits, plus the skewness and
+disorder losses of the Integrated Gradients importance against the reference
+network (which stays on the server), so skewness survives the adaptation. Run in one process this is
 split learning with the wire left out: the gradient that reaches the
 extractor's output is the one the server would send back.
 
@@ -21,6 +21,7 @@ importance and a backward-time model, a knapsack per depth within
 from __future__ import annotations
 
 import copy
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -75,6 +76,7 @@ class AdaptResult:
     full_update_peak_memory: int
     train_seconds: float
     details: dict[str, Any]
+    samples_through_split: int  # every sample's pass through the split: training and probes
 
 
 def _example(train_set: ImageDataset, config: AdaptConfig) -> Tensor:
@@ -99,13 +101,17 @@ def _accuracy(model: AgileNN, dataset: ImageDataset) -> float:
 
 
 def train_selection(model: AgileNN, selection: Selection, train_set: ImageDataset, config: AdaptConfig,
-                    epochs: int, progress: bool = False) -> AgileNN:
-    """A copy of ``model`` whose selection (and the server's remote part) trained ``epochs`` epochs."""
+                    epochs: int, progress: bool = False, server_side: bool = True) -> AgileNN:
+    """A copy of ``model`` whose selection (and, with ``server_side``, the server's remote
+    predictor and merge) trained ``epochs`` epochs; nothing else changes, the quantizer's
+    centroids and the reference included."""
     adapted = copy.deepcopy(model).eval()  # BatchNorm keeps its statistics, as on the device
+    for parameter in adapted.parameters():
+        parameter.requires_grad_(False)
     apply_selection(DevicePart(adapted), selection)
-    server_side = [*adapted.remote_predictor.parameters(), *adapted.merge.parameters()]
-    for parameter in server_side:
-        parameter.requires_grad_(True)
+    if server_side:
+        for parameter in [*adapted.remote_predictor.parameters(), *adapted.merge.parameters()]:
+            parameter.requires_grad_(True)
     trainable = [p for p in adapted.parameters() if p.requires_grad]
     optimizer = (torch.optim.Adam(trainable, lr=config.lr) if config.optimizer == "adam"
                  else torch.optim.SGD(trainable, lr=config.lr, momentum=0.9 if config.optimizer == "momentum"
@@ -167,27 +173,47 @@ def sparse_selection(model: AgileNN, train_set: ImageDataset, config: AdaptConfi
     resident = _resident(part, example, config)
     gains, costs = [], []
     for candidate in tqdm(candidates, disable=not progress, desc="contribution analysis", leave=False):
-        trained = train_selection(model, candidate, probe, config, config.probe_epochs)
+        # The candidate alone: a server side adapting too would move every candidate's gain alike.
+        trained = train_selection(model, candidate, probe, config, config.probe_epochs, server_side=False)
         gains.append(_accuracy(trained, held_out) - before)
         costs.append(max(0, _peak(part, example, candidate, config) - resident))
     budget = config.memory_budget or _peak(part, example, full(part), config)
-    # One ratio per weight: the knapsack sees each weight's best gain per byte only.
-    best: dict[str, int] = {}
-    for index, candidate in enumerate(candidates):
-        (name,) = candidate.ratios
-        per_byte = gains[index] / max(costs[index], 1)
-        if name not in best or per_byte > gains[best[name]] / max(costs[best[name]], 1):
-            best[name] = index
-    items = sorted(best.values())
-    chosen = [items[i] for i in knapsack([gains[i] for i in items], [costs[i] for i in items],
-                                         max(0, budget - resident))]
-    # Peaks do not simply add up: drop the weakest until the union fits the budget.
-    while chosen and _peak(part, example, _union([candidates[i] for i in chosen]), config) > budget:
-        chosen.remove(min(chosen, key=lambda i: gains[i] / max(costs[i], 1)))
-    selection = _union([candidates[i] for i in chosen]) if chosen else under(part, "local_predictor")
+    selection = _best_within(part, example, config, candidates, gains, costs, budget)
+    if selection is None:
+        smallest = min(_peak(part, example, candidate, config) for candidate in candidates)
+        raise ValueError(f"nothing trains within a memory budget of {budget} bytes; the smallest "
+                         f"candidate needs {smallest}")
     table = [{"candidate": dict(c.ratios), "accuracy_gain": round(g, 4), "bytes": cost}
              for c, g, cost in zip(candidates, gains, costs, strict=True)]
-    return selection, {"contributions": table, "held_out_accuracy_before": before}
+    passes = len(candidates) * config.probe_epochs * len(probe)
+    return selection, {"contributions": table, "held_out_accuracy_before": before, "probe_samples": passes}
+
+
+def _best_within(part: DevicePart, example: Tensor, config: AdaptConfig, candidates: list[Selection],
+                 gains: list[float], costs: list[int], budget: int) -> Selection | None:
+    """The most summed gain within a peak of ``budget`` bytes: at most one channel ratio per weight
+    (every combination is tried; there are few), the biases by a knapsack in what each leaves."""
+    room = budget - _resident(part, example, config)
+    biases = [i for i, c in enumerate(candidates) if all(ratio == 1.0 and "bias" in name
+                                                          for name, ratio in c.ratios.items())]
+    options: dict[str, list[int]] = {}
+    for index, candidate in enumerate(candidates):
+        if index not in biases:
+            options.setdefault(next(iter(candidate.ratios)), []).append(index)
+    best: tuple[float, list[int]] | None = None
+    for combination in itertools.product(*[[None, *indices] for indices in options.values()]):
+        chosen = [i for i in combination if i is not None]
+        left = room - sum(costs[i] for i in chosen)
+        if left < 0:
+            continue
+        chosen += [biases[i] for i in knapsack([gains[b] for b in biases], [costs[b] for b in biases], left)]
+        # Peaks do not simply add up: drop the weakest until the union fits.
+        while chosen and _peak(part, example, _union([candidates[i] for i in chosen]), config) > budget:
+            chosen.remove(min(chosen, key=lambda i: gains[i] / max(costs[i], 1)))
+        value = sum(gains[i] for i in chosen)
+        if chosen and (best is None or value > best[0]):
+            best = (value, chosen)
+    return _union([candidates[i] for i in best[1]]) if best is not None else None
 
 
 def elastic_selection(model: AgileNN, train_set: ImageDataset, config: AdaptConfig,
@@ -204,8 +230,11 @@ def elastic_selection(model: AgileNN, train_set: ImageDataset, config: AdaptConf
                                    config.lr)
     layers = backward_time_model(part, example, part, set(parameters), config.slowdown)
     choice = select_within_time(layers, importance, config.time_budget)
-    selection = Selection.whole(list(choice.tensors)) if choice.tensors else under(part, "local_predictor")
+    if not choice.tensors:
+        raise ValueError(f"nothing trains within {config.time_budget:.0%} of the full update's backward time")
+    selection = Selection.whole(list(choice.tensors))
     return selection, {"importance": importance, "importance_share": choice.importance,
+                       "probe_samples": len(images),
                        "backward_s_modelled": choice.backward_s,
                        "full_backward_s_modelled": choice.full_backward_s}
 
@@ -236,8 +265,9 @@ def adapt(model: AgileNN, train_set: ImageDataset, config: AdaptConfig,
     started = time.perf_counter()
     adapted = train_selection(model, selection, train_set, config, config.epochs, progress)
     seconds = time.perf_counter() - started
+    passes = config.epochs * len(train_set) + int(details.get("probe_samples", 0))
     return AdaptResult(adapted, selection, estimated, measured, _peak(part, example, full(part), config),
-                       seconds, details)
+                       seconds, details, passes)
 
 
 def pseudo_labelled(model: AgileNN, dataset: ImageDataset, threshold: float = 0.9) -> ImageDataset:
@@ -252,8 +282,8 @@ def pseudo_labelled(model: AgileNN, dataset: ImageDataset, threshold: float = 0.
                         dataset.num_classes)
 
 
-def split_learning_bytes(model: AgileNN, samples: int, epochs: int) -> int:
-    """What the exchange would carry: each sample's features up and their gradient down, float16."""
+def split_learning_bytes(model: AgileNN, passes: int) -> int:
+    """What the exchange would carry: each pass's features up and their gradient down, float16."""
     config = model.config
     per_sample = config.feature_channels * config.feature_size**2 * 2
-    return 2 * per_sample * samples * epochs
+    return 2 * per_sample * passes

@@ -26,9 +26,12 @@ def knapsack(values: Sequence[float], costs: Sequence[float], budget: float,
         raise ValueError("one cost per value")
     if budget < 0 or any(cost < 0 for cost in costs):
         raise ValueError("costs and the budget cannot be negative")
-    step = budget / resolution if budget > 0 else 1.0
+    if budget == 0:
+        return [i for i, (value, cost) in enumerate(zip(values, costs, strict=True))
+                if cost == 0 and value > 0]
+    step = budget / resolution
     units = [round(cost / step) for cost in costs]
-    capacity = resolution if budget > 0 else 0
+    capacity = resolution
     best = np.zeros(capacity + 1)  # best[c]: the most value within c units
     taken = np.zeros((len(values), capacity + 1), dtype=bool)
     for index, (value, unit) in enumerate(zip(values, units, strict=True)):

@@ -26,9 +26,10 @@ import torch
 
 from ..adapt.adapter import METHODS, AdaptConfig, adapt, pseudo_labelled, split_learning_bytes
 from ..checkpoint import Checkpoint
-from ..data import DATASET_HELP, dataset_spec, load_dataset
+from ..data import DATASET_HELP, NPZ_PREFIX, ImageDataset, dataset_spec, load_dataset
 from ..errors import AgileNNError
 from ..evaluate import evaluate
+from ..model import AgileNN
 from ..pretrained import DEFAULT_MODEL, load_checkpoint
 from .common import fail, print_json, write_atomically
 
@@ -74,28 +75,50 @@ def _figures(checkpoint: Checkpoint, dataset: Any, args: argparse.Namespace) -> 
             "skewness": report["skewness"]}
 
 
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Refuse, before any training, what would fail after it."""
+    if args.samples < 1 or args.epochs < 1 or args.ig_steps < 1 or args.torch_threads < 1:
+        raise ValueError("--samples, --epochs, --ig-steps and --torch-threads must be at least 1")
+    if args.dataset.startswith(NPZ_PREFIX) and not args.eval_dataset:
+        raise ValueError("an npz: dataset is one file: name the held-out samples with --eval-dataset")
+    if args.out is not None and not args.out.parent.is_dir():
+        raise ValueError(f"--out: no folder {args.out.parent}")
+
+
+def _fitting(dataset: ImageDataset, model: AgileNN) -> ImageDataset:
+    config = model.config
+    expected = (config.in_channels, config.image_size, config.image_size)
+    if dataset.images.shape[1:] != expected:
+        raise ValueError(f"{dataset.name} has images of shape {dataset.images.shape[1:]}; the model takes "
+                         f"{expected}")
+    return dataset
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    torch.set_num_threads(args.torch_threads)
     try:
+        _check_arguments(args)
+        torch.set_num_threads(args.torch_threads)
         checkpoint = load_checkpoint(args.model)
-        train = load_dataset(args.dataset, "train", args.data_dir).head(args.samples)
-        shifted = load_dataset(args.eval_dataset or args.dataset, "test", args.data_dir)
-        clean = load_dataset(args.clean_dataset, "test", args.data_dir)
+        model = checkpoint.build_model()
+        train = _fitting(load_dataset(args.dataset, "train", args.data_dir).head(args.samples), model)
+        shifted = _fitting(load_dataset(args.eval_dataset or args.dataset, "test", args.data_dir), model)
+        clean = _fitting(load_dataset(args.clean_dataset, "test", args.data_dir), model)
         config = AdaptConfig(method=args.method, epochs=args.epochs, lr=args.lr, seed=args.seed,
                              memory_budget=args.memory_budget, time_budget=args.time_budget)
+        if args.labels == "server":
+            train = pseudo_labelled(model, train)
+        if len(train) == 0:
+            raise ValueError("no adaptation samples (none the server was sure enough of)")
+        result = adapt(model, train, config, progress=not args.json)
     except (AgileNNError, OSError, ValueError) as exc:
         return fail(str(exc))
-    model = checkpoint.build_model()
-    if args.labels == "server":
-        train = pseudo_labelled(model, train)
-    if len(train) == 0:
-        return fail("no adaptation samples (none the server was sure enough of)")
-    result = adapt(model, train, config, progress=not args.json)
     adapted = Checkpoint.from_model(result.model, checkpoint.codec, {
         **checkpoint.metadata, "adapted_from": checkpoint.model_hash, "adaptation": {
             "method": args.method, "dataset": args.dataset, "samples": len(train), "labels": args.labels,
             "selection": dict(result.selection.ratios)}})
+    if any(t.dtype == torch.float16 for t in checkpoint.state_dict.values()):
+        adapted = adapted.to_half()  # stored as the model it came from
     if args.out:
         write_atomically(args.out, adapted.to_bytes())
     before, after = _figures(checkpoint, shifted, args), _figures(adapted, shifted, args)
@@ -111,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "peak_memory_bytes_measured": result.peak_memory_measured,
         "full_update_peak_memory_bytes": result.full_update_peak_memory,
         "train_seconds": round(result.train_seconds, 2),
-        "bytes_exchanged": split_learning_bytes(result.model, len(train), args.epochs),
+        "bytes_exchanged": split_learning_bytes(result.model, result.samples_through_split),
         "bytes_exchanged_source": "modelled: the split-learning exchange runs in-process",
         "model_hash": adapted.model_hash, "model_hash_before": checkpoint.model_hash,
     })
