@@ -90,7 +90,7 @@ def test_taylor_importance_is_the_first_order_loss_change_of_one_step() -> None:
         layer.bias.fill_(0.0)
     x = torch.tensor([[1.0, 2.0, 3.0]])
     parameters = dict(layer.named_parameters())
-    importance = taylor_importance(layer, parameters, lambda: layer(x).sum(), lr=0.1)
+    importance = taylor_importance(parameters, lambda: layer(x).sum(), lr=0.1)
     assert importance["weight"] == pytest.approx(0.1 * (1 + 4 + 9))  # lr * |g|^2 with g = x
     assert importance["bias"] == pytest.approx(0.1)
     assert torch.equal(layer.weight, torch.full((1, 3), 0.5))  # the probe changed nothing
@@ -101,12 +101,12 @@ def test_the_time_model_covers_every_leaf_on_the_path_and_scales_with_the_device
     model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 26 * 26, 10)).eval()
     x = torch.rand(8, 1, 28, 28)
     trainable = {"0.weight", "0.bias", "3.weight"}
-    host = backward_time_model(model, x, model, trainable, repeats=3)
+    host = backward_time_model(model, x, trainable, repeats=3)
     assert [layer.name for layer in host] == ["3", "2", "1", "0"]  # the loss end first
     assert set(host[0].weight_grad_s) == {"3.weight"} and set(host[3].weight_grad_s) == {"0.weight", "0.bias"}
-    slow = backward_time_model(model, x, model, trainable, slowdown=1000.0, repeats=3)
+    slow = backward_time_model(model, x, trainable, slowdown=1000.0, repeats=3)
     assert sum(slow[0].weight_grad_s.values()) > 50 * sum(host[0].weight_grad_s.values())
-    importance = taylor_importance(model, dict(model.named_parameters()),
+    importance = taylor_importance(dict(model.named_parameters()),
                                    lambda: F.cross_entropy(model(x), torch.zeros(8).long()), 0.01)
     choice = select_within_time(host, importance, 0.5)
     assert choice.tensors and choice.backward_s <= 0.5 * choice.full_backward_s + 1e-12

@@ -24,24 +24,11 @@ from typing import Any
 
 import torch
 
-from agilenn.adapt.adapter import METHODS, AdaptConfig, adapt
+from agilenn.adapt.adapter import METHODS, AdaptConfig, accuracies, adapt
 from agilenn.checkpoint import Checkpoint
-from agilenn.data import ImageDataset, load_dataset
+from agilenn.data import load_dataset
 from agilenn.evaluate import evaluate
-from agilenn.model import AgileNN
 from agilenn.pretrained import DEFAULT_MODEL, load_checkpoint
-
-
-def accuracies(model: AgileNN, dataset: ImageDataset, batch: int = 1000) -> tuple[float, float]:
-    """Combined and local-only accuracy (the model's own forward; the codec is lossless on symbols)."""
-    combined = local = 0
-    with torch.no_grad():
-        for start in range(0, len(dataset), batch):
-            images, labels = dataset.batch(slice(start, start + batch))
-            out = model(images)
-            combined += int((out.logits.argmax(1) == labels).sum())
-            local += int((out.local_logits.argmax(1) == labels).sum())
-    return combined / len(dataset), local / len(dataset)
 
 
 def recovery(after: float, before: float, clean: float) -> float:

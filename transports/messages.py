@@ -335,7 +335,10 @@ def salvage_header(data: bytes) -> Message | None:
     Lets an ERROR reply echo the request's id, so the sender learns why instead
     of waiting out its timeout. Anything unreadable gives None (id 0 then).
     """
-    header = _read_header(data)
+    return _salvaged(_read_header(data))
+
+
+def _salvaged(header: tuple[Any, Any, Any] | None) -> Message | None:
     if header is None:
         return None
     _, request_id, device_id = header
@@ -346,18 +349,22 @@ def salvage_header(data: bytes) -> Message | None:
     return Message(MessageType.ERROR, request_id, device_id)
 
 
+def _claims_error(header: tuple[Any, Any, Any] | None) -> bool:
+    return header is not None and header[0] == MessageType.ERROR
+
+
 def claims_error(data: bytes) -> bool:
     """Whether ``data`` says it is an ERROR, valid or not."""
-    header = _read_header(data)
-    return header is not None and header[0] == MessageType.ERROR
+    return _claims_error(_read_header(data))
 
 
 def answer_to_invalid(data: bytes, error: ProtocolError) -> Message | None:
     """The ERROR answering bytes that failed validation, or None if they claim to be an
     ERROR themselves: an ERROR is never answered with an ERROR, or two peers could loop."""
-    if claims_error(data):
+    header = _read_header(data)  # read once: these bytes may be megabytes of garbage
+    if _claims_error(header):
         return None
-    return error_reply(salvage_header(data), error)
+    return error_reply(_salvaged(header), error)
 
 
 def logits_to_bytes(values: np.ndarray) -> bytes:

@@ -79,9 +79,9 @@ class AdaptResult:
     samples_through_split: int  # every sample's pass through the split: training and probes
 
 
-def _example(train_set: ImageDataset, config: AdaptConfig) -> Tensor:
-    images, _ = train_set.batch(slice(0, config.batch_size))
-    return images
+def _first_batch(train_set: ImageDataset, config: AdaptConfig) -> tuple[Tensor, Tensor]:
+    """The batch the memory and time models are taken on."""
+    return train_set.batch(slice(0, config.batch_size))
 
 
 def _loss(model: AgileNN, images: Tensor, labels: Tensor, config: TrainConfig) -> Tensor:
@@ -94,10 +94,20 @@ def _loss(model: AgileNN, images: Tensor, labels: Tensor, config: TrainConfig) -
             + config.local_ce_weight * F.cross_entropy(out.local_logits, labels))
 
 
-def _accuracy(model: AgileNN, dataset: ImageDataset) -> float:
+def accuracies(model: AgileNN, dataset: ImageDataset, batch_size: int = 1000) -> tuple[float, float]:
+    """Combined and local-only accuracy (the model's own forward: the codec is lossless on symbols)."""
+    combined = local = 0
     with torch.no_grad():
-        images, labels = dataset.batch(slice(0, len(dataset)))
-        return float((model(images).logits.argmax(1) == labels).float().mean())
+        for start in range(0, len(dataset), batch_size):
+            images, labels = dataset.batch(slice(start, start + batch_size))
+            out = model(images)
+            combined += int((out.logits.argmax(1) == labels).sum())
+            local += int((out.local_logits.argmax(1) == labels).sum())
+    return combined / len(dataset), local / len(dataset)
+
+
+def _accuracy(model: AgileNN, dataset: ImageDataset) -> float:
+    return accuracies(model, dataset)[0]
 
 
 def train_selection(model: AgileNN, selection: Selection, train_set: ImageDataset, config: AdaptConfig,
@@ -162,7 +172,7 @@ def sparse_selection(model: AgileNN, train_set: ImageDataset, config: AdaptConfi
     """Tiny Training's contribution analysis: each candidate (a bias; a weight at a fraction of its
     input channels) trains alone on 80% of the set; its accuracy gain on the other 20% is its value
     and its peak memory above the resident weights its cost; a knapsack picks within the budget."""
-    part, example = DevicePart(model), _example(train_set, config)
+    part, (example, _) = DevicePart(model), _first_batch(train_set, config)
     split = max(1, len(train_set) * 4 // 5)
     probe, held_out = train_set.head(split), _tail(train_set, split)
     before = _accuracy(model, held_out)
@@ -178,7 +188,7 @@ def sparse_selection(model: AgileNN, train_set: ImageDataset, config: AdaptConfi
         gains.append(_accuracy(trained, held_out) - before)
         costs.append(max(0, _peak(part, example, candidate, config) - resident))
     budget = config.memory_budget or _peak(part, example, full(part), config)
-    selection = _best_within(part, example, config, candidates, gains, costs, budget)
+    selection = _best_within(part, example, config, candidates, gains, costs, budget, resident)
     if selection is None:
         smallest = min(_peak(part, example, candidate, config) for candidate in candidates)
         raise ValueError(f"nothing trains within a memory budget of {budget} bytes; the smallest "
@@ -190,10 +200,10 @@ def sparse_selection(model: AgileNN, train_set: ImageDataset, config: AdaptConfi
 
 
 def _best_within(part: DevicePart, example: Tensor, config: AdaptConfig, candidates: list[Selection],
-                 gains: list[float], costs: list[int], budget: int) -> Selection | None:
+                 gains: list[float], costs: list[int], budget: int, resident: int) -> Selection | None:
     """The most summed gain within a peak of ``budget`` bytes: at most one channel ratio per weight
     (every combination is tried; there are few), the biases by a knapsack in what each leaves."""
-    room = budget - _resident(part, example, config)
+    room = budget - resident
     biases = [i for i, c in enumerate(candidates) if all(ratio == 1.0 and "bias" in name
                                                           for name, ratio in c.ratios.items())]
     options: dict[str, list[int]] = {}
@@ -221,14 +231,13 @@ def elastic_selection(model: AgileNN, train_set: ImageDataset, config: AdaptConf
     """ElasticTrainer: Taylor importance from one probe step, then the most importance within
     ``time_budget`` of the full update's backward time (see :mod:`agilenn.adapt.elastic`)."""
     probe = copy.deepcopy(model).eval()
-    part, example = DevicePart(probe), _example(train_set, config)
+    part, (images, labels) = DevicePart(probe), _first_batch(train_set, config)
     parameters = dict(part.named_parameters())
     for parameter in parameters.values():
         parameter.requires_grad_(True)
-    images, labels = train_set.batch(slice(0, config.batch_size))
-    importance = taylor_importance(part, parameters, lambda: _loss(probe, images, labels, config.training),
+    importance = taylor_importance(parameters, lambda: _loss(probe, images, labels, config.training),
                                    config.lr)
-    layers = backward_time_model(part, example, part, set(parameters), config.slowdown)
+    layers = backward_time_model(part, images, set(parameters), config.slowdown)
     choice = select_within_time(layers, importance, config.time_budget)
     if not choice.tensors:
         raise ValueError(f"nothing trains within {config.time_budget:.0%} of the full update's backward time")
@@ -257,8 +266,7 @@ def adapt(model: AgileNN, train_set: ImageDataset, config: AdaptConfig,
     """Choose what trains by ``config.method``, measure its memory, train it; the model is left unchanged."""
     torch.manual_seed(config.seed)
     selection, details = choose_selection(model, train_set, config, progress)
-    part, example = DevicePart(model), _example(train_set, config)
-    _, labels = train_set.batch(slice(0, config.batch_size))
+    part, (example, labels) = DevicePart(model), _first_batch(train_set, config)
     estimated = _peak(part, example, selection, config)
     measured = measure_peak_memory(part, example, selection, lambda logits: F.cross_entropy(logits, labels),
                                    config.optimizer).peak

@@ -24,8 +24,9 @@ import torch
 from torch import Tensor, nn
 
 from .knapsack import knapsack
+from .memory import trace
+from .selection import Selection
 
-Loss = Callable[[Tensor, Tensor], Tensor]
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,9 @@ class ElasticChoice:
     full_backward_s: float  # modelled backward time of training every tensor
 
 
-def taylor_importance(model: nn.Module, parameters: dict[str, nn.Parameter],
-                      loss: Callable[[], Tensor], lr: float) -> dict[str, float]:
-    """``|sum(g * dw)|`` per tensor after one probe step; the model itself is left unchanged."""
+def taylor_importance(parameters: dict[str, nn.Parameter], loss: Callable[[], Tensor],
+                      lr: float) -> dict[str, float]:
+    """``|sum(g * dw)|`` per tensor after one probe step; the parameters are left unchanged."""
     gradients = torch.autograd.grad(loss(), list(parameters.values()), allow_unused=True)
     importance = {}
     for (name, _), gradient in zip(parameters.items(), gradients, strict=True):
@@ -57,26 +58,6 @@ def taylor_importance(model: nn.Module, parameters: dict[str, nn.Parameter],
         step = -lr * gradient
         importance[name] = abs(float((gradient * step).sum()))
     return importance
-
-
-def _leaf_modules(model: nn.Module, x: Tensor,
-                  forward: Callable[[Tensor], Tensor]) -> list[tuple[str, nn.Module, Tensor, Tensor]]:
-    """(name, module, input, output) of every leaf module, in the order the forward ran them."""
-    names = {module: name for name, module in model.named_modules()}
-    calls: list[tuple[str, nn.Module, Tensor, Tensor]] = []
-
-    def record(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        if not list(module.children()) and isinstance(output, Tensor):
-            calls.append((names[module], module, inputs[0], output))
-
-    handles = [module.register_forward_hook(record) for module in model.modules()]
-    try:
-        with torch.no_grad():
-            forward(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return calls
 
 
 def _fastest_seconds(work: Callable[[], object], repeats: int) -> float:
@@ -99,19 +80,20 @@ def _gradient_timer(output: Tensor, repeats: int) -> Callable[[Tensor], float]:
     return seconds
 
 
-def backward_time_model(model: nn.Module, x: Tensor, forward: Callable[[Tensor], Tensor],
-                        trainable: set[str], slowdown: float = 1.0, repeats: int = 5) -> list[LayerTime]:
+def backward_time_model(model: nn.Module, x: Tensor, trainable: set[str], slowdown: float = 1.0,
+                        repeats: int = 5) -> list[LayerTime]:
     """Each leaf module's backward times on this host, times ``slowdown``, loss end first."""
-    parameter_names = {id(p): name for name, p in model.named_parameters()}
+    calls, _, _ = trace(model, x, Selection.whole(sorted(trainable)))
     layers = []
-    for name, module, recorded_input, _ in _leaf_modules(model, x, forward):
-        inputs = recorded_input.detach().requires_grad_(True)
+    for call in calls:
+        inputs = call.input.detach().requires_grad_(True)
         with torch.enable_grad():
-            output = module(inputs)
+            output = call.module(inputs)
         gradient_of = _gradient_timer(output, repeats)
-        dw = {parameter_names[id(p)]: slowdown * gradient_of(p) for p in module.parameters(recurse=False)
-              if parameter_names[id(p)] in trainable}
-        layers.append(LayerTime(name, slowdown * gradient_of(inputs), dw))
+        prefix = call.name + "." if call.name else ""
+        dw = {prefix + local: slowdown * gradient_of(call.module.get_parameter(local))
+              for local in call.trained}
+        layers.append(LayerTime(call.name, slowdown * gradient_of(inputs), dw))
     return layers[::-1]
 
 
