@@ -23,9 +23,13 @@ class ServerConfig(DaemonConfig):
     curve_secret_key: str = ""
     curve_allowlist: str = ""  # binding: the device keys let in
     curve_server_key: str = ""  # with connect: the broker backend's public key
+    adapt_sessions: int = 4  # split-learning sessions open at once; 0: refuse adaptation
+    adapt_idle_s: float = 600.0  # an adaptation session idle this long is dropped
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.adapt_sessions < 0 or not self.adapt_idle_s > 0:
+            raise ValueError("adapt_sessions cannot be negative and adapt_idle_s must be positive")
         if self.max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         if self.max_queue_delay_us < 0:

@@ -17,6 +17,8 @@ class ServerMetrics(DaemonMetrics):
     def __init__(self) -> None:
         super().__init__()
         self.requests = Counter("agilenn_requests", "Inference requests received", registry=self.registry)
+        self.adapt_requests = Counter("agilenn_adapt_requests", "Split-learning steps and fetches received",
+                                      registry=self.registry)
         self.failures = Counter("agilenn_failures", "Requests answered with an error, by reason",
                                 ["reason"], registry=self.registry)
         self.batch_size = Histogram("agilenn_batch_size", "Requests per forward pass",

@@ -47,6 +47,7 @@ class ServedAgileNN:
     """
 
     def __init__(self, checkpoint: Checkpoint) -> None:
+        self.checkpoint = checkpoint
         self.model = checkpoint.build_model().prepare_for_serving()
         self.codec = FeatureCodec(checkpoint.codec)
         self.model_hash = bytes.fromhex(checkpoint.model_hash)

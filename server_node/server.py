@@ -26,6 +26,10 @@ from transports.broker import BrokerWorkerTransport
 from transports.curve import CurveClientConfig, CurveServerConfig
 from transports.errors import TransportError
 from transports.messages import (
+    AdaptFetch,
+    AdaptGradient,
+    AdaptState,
+    AdaptStep,
     InferRequest,
     Message,
     MessageType,
@@ -42,7 +46,8 @@ from transports.zmq_transport import ZmqServerTransport
 
 from .config import ServerConfig
 from .metrics import ServerMetrics
-from .served import ServedModel, load_served_model
+from .adaptation import Adaptation, AdaptationError
+from .served import ServedAgileNN, ServedModel, load_served_model
 
 log = logging.getLogger("agilenn.server")
 
@@ -70,6 +75,10 @@ class Server(Daemon):
         torch.set_num_threads(self.config.torch_threads)
         self.served: ServedModel = load_served_model(self.config.model)
         self.model_hash = self.served.model_hash
+        self.adaptation: Adaptation | None = None
+        if isinstance(self.served, ServedAgileNN) and self.config.adapt_sessions:
+            self.adaptation = Adaptation(self.served.checkpoint, self.config.adapt_sessions,
+                                         self.config.adapt_idle_s)
         self.transport = self._transport or self._open_transport()
         self.endpoint = self.transport.bind()
         super().load()
@@ -92,6 +101,8 @@ class Server(Daemon):
     def serve_step(self) -> None:
         # At most 0.1 s: a stop request is noticed that soon even while a batch waits.
         received = self.transport.recv(min(self._wait_time(), 0.1))
+        if self.adaptation is not None and self.adaptation.sessions:
+            self.adaptation.expire()
         if received is not None:
             self._accept(*received)
         full = len(self.pending) >= self.config.max_batch_size
@@ -143,6 +154,9 @@ class Server(Daemon):
         if request.type is MessageType.PING:
             self._send(identity, Pong().message(request.request_id, request.device_id, self.model_hash))
             return
+        if request.type in (MessageType.ADAPT_STEP, MessageType.ADAPT_FETCH):
+            self._adapt(identity, request)
+            return
         if request.type is not MessageType.INFER_REQUEST:
             self._fail(identity, request, "unsupported", f"{request.type.name} is not served here")
             return
@@ -162,6 +176,34 @@ class Server(Daemon):
             self._fail(identity, request, "bad-payload", "the server could not decode this payload")
             return
         self.pending.append(_Pending(identity, request, prepared, time.monotonic()))
+
+    def _adapt(self, identity: bytes, request: Message) -> None:
+        """Split learning, answered at once: a step is one batch, and the device waits on it."""
+        if self.adaptation is None:
+            self._fail(identity, request, "unsupported", "this server takes no adaptation (it serves a "
+                       "baseline, or adapt_sessions is 0)")
+            return
+        if request.model_hash != self.model_hash:
+            self._fail(identity, request, "model-mismatch", f"adapting {request.model_hash.hex() or '(none)'}"
+                       f" on a server of {self.model_hash.hex()}")
+            return
+        self.metrics.adapt_requests.inc()
+        try:
+            if request.type is MessageType.ADAPT_STEP:
+                answer: AdaptGradient | AdaptState = self.adaptation.step(request.device_id,
+                                                                          AdaptStep.parse(request))
+            else:
+                answer = self.adaptation.fetch(request.device_id, AdaptFetch.parse(request))
+            reply = answer.message(request.request_id, request.device_id, self.model_hash)
+            data = encode_message(reply)
+        except (ProtocolError, AdaptationError) as exc:
+            self._fail(identity, request, exc.code, str(exc))
+            return
+        except Exception:  # a bug in one step must cost that step, never the serving loop
+            log.exception("an adaptation request from %s failed", request.device_id)
+            self._fail(identity, request, "internal", "the server failed to run this adaptation step")
+            return
+        self._deliver(identity, data, reply)
 
     def _run_batch(self, batch: list[_Pending]) -> None:
         started = time.monotonic()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -96,3 +97,19 @@ def test_unknown_methods_and_budgets_are_refused() -> None:
         AdaptConfig(method="all")
     with pytest.raises(ValueError, match="time_budget"):
         AdaptConfig(time_budget=1.5)
+
+
+def test_replay_appends_the_last_shipped_samples_and_refuses_what_it_cannot() -> None:
+    from agilenn.adapt.adapter import with_replay
+
+    shipped = load_mnist_sample()
+    mixed = with_replay(TRAIN, shipped, 50)
+    assert len(mixed) == len(TRAIN) + 50
+    assert np.array_equal(mixed.images[-50:], shipped.images[-50:])
+    assert np.array_equal(mixed.labels[:len(TRAIN)], TRAIN.labels)
+    assert with_replay(TRAIN, shipped, 0) is TRAIN
+    with pytest.raises(ValueError, match="replay samples asked"):
+        with_replay(TRAIN, shipped, len(shipped) + 1)
+    wide = ImageDataset("wide", np.zeros((4, 1, 32, 32), np.uint8), np.zeros(4, np.int64), 10)
+    with pytest.raises(ValueError, match="differ"):
+        with_replay(TRAIN, wide, 2)

@@ -50,6 +50,28 @@ def test_adapt_prints_every_figure_and_writes_a_model_the_server_serves(
     assert prediction.source == OFFLOADED  # the server serves the new model, hash and all
 
 
+def test_adapt_learns_with_a_real_server_over_zeromq_with_its_labels(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    train, held_out = _npz(tmp_path / "mine.npz", 0, 96, 0), _npz(tmp_path / "held.npz", 600, 700, 1)
+    common = ["adapt", "--dataset", train, "--eval-dataset", held_out, "--clean-dataset", "mnist-sample",
+              "--samples", "96", "--method", "bias", "--epochs", "1", "--eval-limit", "100",
+              "--ig-steps", "2", "--json"]
+    with RemoteServer() as server:
+        assert main([*common, "--server", server.endpoint, "--labels", "server"]) == 0
+        wired = json.loads(capsys.readouterr().out)
+    assert wired["bytes_exchanged_source"] == "counted on the wire" and wired["server"] == server.endpoint
+    # Three steps of up to 32 samples, ~2 KB of features up and of gradients down each, and the
+    # server's adapted half (~0.5 MB) fetched back.
+    assert wired["bytes_exchanged"] > 2 * 1960 * wired["samples"] + 400_000
+    assert 0 < wired["samples"] <= 96 and wired["labels"] == "server"  # the confident ones only
+    assert main([*common, "--remote", "fixed"]) == 0
+    alone = json.loads(capsys.readouterr().out)
+    assert alone["bytes_exchanged"] == 0 and alone["remote"] == "fixed"
+    assert set(alone["selection"]) <= {"local_predictor.linear.bias", "extractor.pointwise.1.bias"}
+    assert alone["model_hash"] != alone["model_hash_before"]
+
+
 def test_adapt_refuses_bad_input_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "broken.npz").write_bytes(b"not an npz")
     mine = _npz(tmp_path / "mine.npz", 0, 20, 0)
@@ -61,6 +83,7 @@ def test_adapt_refuses_bad_input_in_one_line(tmp_path: Path, capsys: pytest.Capt
         (["--dataset", mine, "--eval-dataset", mine, "--samples", "0"], "at least 1"),
         (["--dataset", f"npz:{rgb}", "--eval-dataset", mine], "the model takes (1, 28, 28)"),
         (["--dataset", mine, "--eval-dataset", mine, "--out", str(tmp_path / "no" / "x.agnn")], "no folder"),
+        (["--dataset", mine, "--eval-dataset", mine, "--link", "serial-115200"], "name the server"),
     ]
     for arguments, message in cases:
         assert main(["adapt", "--clean-dataset", "mnist-sample", *arguments]) == 2

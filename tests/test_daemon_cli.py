@@ -62,10 +62,11 @@ def test_edge_refuses_an_unknown_source(capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_demo_runs_real_daemons_over_the_emulated_serial_link(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--count", "20", "--mcu-count", "5", "--json"]) == 0
+    # A deadline far above the ~100 ms a request takes: CI runs this beside other tests on two cores.
+    assert main(["demo", "--count", "20", "--mcu-count", "5", "--deadline-ms", "5000", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["requests"] == 20 and summary["link"] == "serial-115200"
-    assert summary["accuracy"] >= 0.9 and summary["fallbacks"] == 0
+    assert summary["accuracy"] >= 0.9 and summary["fallbacks"] == 0, summary
     assert summary["server_exit_code"] == 0  # SIGTERM stopped it gracefully
     assert summary["latency_ms"]["p50"] > 10  # ~200 bytes each way at 11,520 B/s is ~17 ms
     assert 50 < summary["bytes_up_mean"] < 200

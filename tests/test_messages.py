@@ -16,6 +16,8 @@ from hypothesis.extra import numpy as hnp
 
 from transports.messages import (
     BODY_SCHEMAS,
+    AdaptGradient,
+    AdaptStep,
     MAX_CHUNK_BYTES,
     MAX_CLASSES,
     MAX_DEVICE_ID_BYTES,
@@ -152,6 +154,19 @@ BODIES: dict[MessageType, st.SearchStrategy[dict[str, Any]]] = {
         {"chunks": unsigned(2**16), "sha256": st.binary(min_size=32, max_size=32)}
     ),
     MessageType.COMMIT_REPLY: st.fixed_dictionaries({"accepted": st.booleans(), "reason": text_within(256)}),
+    MessageType.ADAPT_STEP: st.fixed_dictionaries(
+        {"s": text_within(32), "i": unsigned(MAX_REQUEST_ID), "t": st.booleans(), "f": float16_bytes(),
+         "l": float16_bytes(), "y": st.binary(max_size=64).map(lambda b: b[:len(b) // 2 * 2]),
+         "lr": st.floats(0.0, 1.0), "opt": text_within(16)}
+    ),
+    MessageType.ADAPT_GRADIENT: st.fixed_dictionaries(
+        {"g": float16_bytes(), "gs": st.floats(0.0, 1e30), "gl": float16_bytes(), "gls": st.floats(0.0, 1e30),
+         "ls": st.floats(-1e30, 1e30)}
+    ),
+    MessageType.ADAPT_FETCH: st.fixed_dictionaries({"s": text_within(32), "o": unsigned(2**32 - 1)}),
+    MessageType.ADAPT_STATE: st.fixed_dictionaries(
+        {"o": unsigned(2**32 - 1), "n": unsigned(2**32 - 1), "d": st.binary(max_size=1024)}
+    ),
 }
 
 
@@ -292,7 +307,7 @@ def test_encode_refuses_a_wrong_version() -> None:
         encode_message(Message(MessageType.PING, 0, "d", version=2))
 
 
-@pytest.mark.parametrize("type_code", [0, 99, "x", 11, -1, None, [1], {"a": 1}])
+@pytest.mark.parametrize("type_code", [0, 99, "x", 15, -1, None, [1], {"a": 1}])
 def test_unknown_type_code(type_code: Any) -> None:
     with pytest.raises(UnknownMessageType) as info:
         decode_message(pack(raw(type=type_code)))
@@ -682,3 +697,28 @@ def test_regression_encode_errors_are_typed(message: Message) -> None:
     """Review finding: these raised UnicodeEncodeError, OverflowError and KeyError."""
     with pytest.raises(ProtocolError):
         encode_message(message)
+
+
+# --------------------------------------------------------------- split learning
+@fast(100)
+@given(hnp.arrays(np.float32, st.integers(1, 300),
+                  elements=st.floats(-1e3, 1e3, width=32, allow_nan=False, allow_infinity=False)),
+       st.integers(-12, 2))
+def test_gradients_keep_float16_precision_however_small(values: np.ndarray, exponent: int) -> None:
+    gradient = values * np.float32(10.0**exponent)
+    sent = AdaptGradient(gradient, gradient[:3], 0.5)
+    received = AdaptGradient.parse(decode_message(encode_message(sent.message(1, "d"))))
+    largest = float(np.abs(gradient).max())
+    assert np.allclose(received.features, gradient, rtol=1e-3, atol=1e-3 * largest + 1e-30)
+    assert received.loss == 0.5
+
+
+def test_a_step_with_a_half_label_or_a_nan_rate_is_refused() -> None:
+    step = AdaptStep("s", 0, True, np.zeros(4, np.float32), np.zeros(2, np.float32), np.array([1]), 0.01)
+    body = step.to_body()
+    odd = Message(MessageType.ADAPT_STEP, 1, "d", b"", {**body, "y": b"\x01"})
+    with pytest.raises(MalformedMessage, match="uint16"):
+        AdaptStep.parse(decode_message(encode_message(odd)))
+    nan = pack(raw(MessageType.ADAPT_STEP, {**body, "lr": float("nan")}))
+    with pytest.raises(NonFiniteValue, match="ADAPT_STEP.lr"):
+        decode_message(nan)

@@ -15,8 +15,13 @@ from pathlib import Path
 
 import pytest
 
+import torch
+
+from agilenn.data import load_mnist_sample
+from agilenn.pretrained import load_checkpoint
 from transports.arq import ArqConfig, ArqEndpoint
 from transports.framing import Frame, FrameKind, decode_frame, encode_frame, max_wire_size
+from transports.messages import AdaptFetch, AdaptStep, encode_message
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = (ROOT / "docs" / "PROTOCOL.md").read_text(encoding="utf-8")
@@ -47,7 +52,7 @@ FRAME_EXAMPLES = {
 WIRE_CODES = {
     "malformed", "unsupported-version", "unknown-type", "too-large", "non-finite",
     "model-mismatch", "bad-payload", "unsupported", "internal", "shutting-down",
-    "server-unreachable", "worker-lost", "overloaded",
+    "server-unreachable", "worker-lost", "overloaded", "unknown-session", "bad-step", "bad-offset", "busy",
 }
 
 
@@ -217,12 +222,40 @@ def test_every_listed_code_appears_in_the_library(code: str) -> None:
 
 def test_every_code_the_library_sends_is_in_the_table() -> None:
     source = library_source()
-    # A code is sent as a literal argument of error_reply / _fail / _give_up,
+    # A code is sent as a literal argument of error_reply / _fail / _give_up / AdaptationError,
     # or is the code of a ProtocolError that decode_message raises.
-    sent = set(re.findall(r'\b(?:error_reply|_fail|_give_up)\([^\n"]*"([a-z][a-z-]*)"', source))
+    senders = r"error_reply|_fail|_give_up|AdaptationError"
+    sent = set(re.findall(rf'\b(?:{senders})\([^\n"]*"([a-z][a-z-]*)"', source))
     exceptions = set(re.findall(r'^\s+code = "([a-z][a-z-]*)"', source, re.M))
     assert sent, "the pattern no longer finds the send sites"
     assert sent <= set(table_codes()), f"sent but not in the table: {sent - set(table_codes())}"
     local_only = exceptions - set(table_codes())
     assert local_only == {"unexpected-type"}  # raised locally, never sent
     assert "`unexpected-type`" in DOC and "no peer sends it" in DOC
+
+
+# --------------------------------------------------------------- split learning
+def _doc_block_after(heading: str) -> str:
+    """The first fenced block after ``heading``, as one hex string."""
+    start = DOC.index(heading)
+    block = DOC[DOC.index("```", start) + 3:]
+    return re.sub(r"\s+", "", block[:block.index("```")])
+
+
+def test_the_adapt_step_example_is_what_the_library_sends() -> None:
+    sample = load_mnist_sample()
+    checkpoint = load_checkpoint("pretrained:mnist")
+    model = checkpoint.build_model()
+    images = torch.from_numpy(sample.images[:1]).float() / 255.0
+    with torch.no_grad():
+        features = model.extractor(images)
+        local_logits = model.local_predictor(features[:, :model.config.local_channels])
+    step = AdaptStep("5e1f0c2a9b7d3e41", 0, True, features.numpy(), local_logits.numpy(),
+                     sample.labels[:1], 0.003)
+    wire = encode_message(step.message(2, "mcu-01", bytes.fromhex(checkpoint.model_hash)))
+    header = _doc_block_after("Its header, in full hex:")
+    assert wire.hex().startswith(header) and "The message is\n2,064 bytes" in DOC and len(wire) == 2064
+    assert f"c4 02 {int(sample.labels[0]):02x}00" in DOC  # the label, uint16 LE
+    fetch = encode_message(AdaptFetch("5e1f0c2a9b7d3e41", 0).message(3, "mcu-01",
+                                                                    bytes.fromhex(checkpoint.model_hash)))
+    assert fetch.hex() == _doc_block_after("The first ADAPT_FETCH, 45 bytes:") and len(fetch) == 45

@@ -43,6 +43,10 @@ class MessageType(IntEnum):
     WEIGHT_CHUNK = 8
     WEIGHT_COMMIT = 9
     COMMIT_REPLY = 10
+    ADAPT_STEP = 11
+    ADAPT_GRADIENT = 12
+    ADAPT_FETCH = 13
+    ADAPT_STATE = 14
 
 
 class ProtocolError(AgileNNError):
@@ -130,6 +134,17 @@ def _unsigned(maximum: int) -> Check:
     return check
 
 
+def _finite_float(low: float, high: float) -> Check:
+    def check(value: Any) -> None:
+        if type(value) is not float:
+            raise MalformedMessage("must be a float")
+        if not math.isfinite(value):
+            raise NonFiniteValue("is not finite")
+        if not low <= value <= high:
+            raise MalformedMessage(f"must lie in [{low}, {high}]")
+    return check
+
+
 def _boolean(value: Any) -> None:
     if type(value) is not bool:
         raise MalformedMessage("must be true or false")
@@ -165,6 +180,10 @@ def _checked(name: str, check: Check, value: Any) -> None:
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_CLASSES = 1024
 MAX_CHUNK_BYTES = 16 * 1024
+# Split learning: one batch's features (float16) a step, and the server's adapted part in pieces.
+MAX_ADAPT_VALUES = 96 * 1024
+MAX_ADAPT_BATCH = 1024
+MAX_STATE_CHUNK_BYTES = 192 * 1024
 
 # type -> {field: check}. Every listed field is required; besides them only
 # the type's OPTIONAL_FIELDS are allowed. The per-inference messages use one-
@@ -184,6 +203,18 @@ BODY_SCHEMAS: dict[MessageType, dict[str, Check]] = {
                                "crc32": _unsigned(2**32 - 1)},
     MessageType.WEIGHT_COMMIT: {"chunks": _unsigned(2**16), "sha256": _binary(32, exact=True)},
     MessageType.COMMIT_REPLY: {"accepted": _boolean, "reason": _text(256)},
+    # Split learning (docs/PROTOCOL.md): s = session, i = step, t = the server trains, f = features,
+    # l = local logits, y = labels (uint16), g/gl = their gradients (float16, times gs/gls), ls = loss.
+    MessageType.ADAPT_STEP: {"s": _text(32), "i": _unsigned(MAX_REQUEST_ID), "t": _boolean,
+                             "f": _float16_array(MAX_ADAPT_VALUES), "l": _float16_array(MAX_ADAPT_VALUES),
+                             "y": _binary(2 * MAX_ADAPT_BATCH), "lr": _finite_float(0.0, 1.0),
+                             "opt": _text(16)},
+    MessageType.ADAPT_GRADIENT: {"g": _float16_array(MAX_ADAPT_VALUES), "gs": _finite_float(0.0, 1e30),
+                                 "gl": _float16_array(MAX_ADAPT_VALUES), "gls": _finite_float(0.0, 1e30),
+                                 "ls": _finite_float(-1e30, 1e30)},
+    MessageType.ADAPT_FETCH: {"s": _text(32), "o": _unsigned(2**32 - 1)},
+    MessageType.ADAPT_STATE: {"o": _unsigned(2**32 - 1), "n": _unsigned(2**32 - 1),
+                              "d": _binary(MAX_STATE_CHUNK_BYTES)},
 }
 
 
@@ -565,6 +596,108 @@ class CommitReply(Body):
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> CommitReply:
         return cls(body["accepted"], body["reason"])
+
+
+def _scaled_float16(values: np.ndarray) -> tuple[bytes, float]:
+    """float16 values and the scale to multiply them by: gradients are often far below float16's
+    smallest normal number, so they travel scaled to its range."""
+    values = np.asarray(values, dtype=np.float32).ravel()
+    largest = float(np.abs(values).max()) if values.size else 0.0
+    scale = largest / 32768.0 if largest > 0 else 1.0
+    return (values / scale).astype("<f2").tobytes(), scale
+
+
+def _float16_values(data: bytes) -> np.ndarray:
+    return np.frombuffer(data, dtype="<f2").astype(np.float32)
+
+
+@dataclass(frozen=True)
+class AdaptStep(Body):
+    """One split-learning step: a batch's features and local logits, flattened, and its labels.
+
+    With ``train`` the server adapts its remote part in session ``session``; ``step`` numbers the
+    steps of a session from 0, so a resent step is answered again, never applied twice. The
+    features' shape is the served model's, the batch ``len(labels)``.
+    """
+
+    TYPE: ClassVar[MessageType] = MessageType.ADAPT_STEP
+    session: str
+    step: int
+    train: bool
+    features: np.ndarray
+    local_logits: np.ndarray
+    labels: np.ndarray
+    lr: float
+    optimizer: str = "adam"
+
+    def to_body(self) -> dict[str, Any]:
+        return {"s": self.session, "i": self.step, "t": self.train,
+                "f": np.asarray(self.features, dtype="<f2").tobytes(),
+                "l": logits_to_bytes(np.asarray(self.local_logits).ravel()),
+                "y": np.asarray(self.labels, dtype="<u2").tobytes(), "lr": float(self.lr),
+                "opt": self.optimizer}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> AdaptStep:
+        if len(body["y"]) % 2:
+            raise MalformedMessage("ADAPT_STEP.y must hold uint16 labels (an even byte count)")
+        return cls(body["s"], body["i"], body["t"], _float16_values(body["f"]), _float16_values(body["l"]),
+                   np.frombuffer(body["y"], dtype="<u2").astype(np.int64), body["lr"], body["opt"])
+
+
+@dataclass(frozen=True)
+class AdaptGradient(Body):
+    """The server's answer to an :class:`AdaptStep`: the loss's gradient with respect to the
+    features and the local logits (flattened, in the step's order), and the loss."""
+
+    TYPE: ClassVar[MessageType] = MessageType.ADAPT_GRADIENT
+    features: np.ndarray
+    local_logits: np.ndarray
+    loss: float
+
+    def to_body(self) -> dict[str, Any]:
+        features, features_scale = _scaled_float16(self.features)
+        logits, logits_scale = _scaled_float16(self.local_logits)
+        return {"g": features, "gs": features_scale, "gl": logits, "gls": logits_scale,
+                "ls": float(self.loss)}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> AdaptGradient:
+        return cls(_float16_values(body["g"]) * body["gs"], _float16_values(body["gl"]) * body["gls"],
+                   body["ls"])
+
+
+@dataclass(frozen=True)
+class AdaptFetch(Body):
+    """Ask for the session's adapted remote part from byte ``offset`` of its serialised state."""
+
+    TYPE: ClassVar[MessageType] = MessageType.ADAPT_FETCH
+    session: str
+    offset: int
+
+    def to_body(self) -> dict[str, Any]:
+        return {"s": self.session, "o": self.offset}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> AdaptFetch:
+        return cls(body["s"], body["o"])
+
+
+@dataclass(frozen=True)
+class AdaptState(Body):
+    """``data`` is bytes ``offset`` onwards of a ``total``-byte state (see ``agilenn.adapt.split``)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.ADAPT_STATE
+    offset: int
+    total: int
+    data: bytes
+
+    def to_body(self) -> dict[str, Any]:
+        return {"o": self.offset, "n": self.total, "d": self.data}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> AdaptState:
+        return cls(body["o"], body["n"], body["d"])
 
 
 def error_reply(request: Message | None, error: ProtocolError | str, reason: str = "") -> Message:

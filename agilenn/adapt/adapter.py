@@ -1,14 +1,16 @@
 """On-device adaptation of the device part: choose what trains, then train it on drifted data.
 
 ``adapt(model, train_set, config)`` returns a new model. The device part
-(extractor and local predictor) trains only the chosen :class:`Selection`;
-the remote predictor and the merge, which live on the server, adapt in the
-same rounds. The loss is AgileNN's training loss without its rate term:
-cross-entropy of the merged and of the local logits, plus the skewness and
-disorder losses of the Integrated Gradients importance against the reference
-network (which stays on the server), so skewness survives the adaptation. Run in one process this is
-split learning with the wire left out: the gradient that reaches the
-extractor's output is the one the server would send back.
+(extractor and local predictor) trains only the chosen :class:`Selection`.
+With ``remote="split"`` (the default) it trains by split learning
+(:mod:`agilenn.adapt.split`): each batch's features go to a server half, which
+answers with the gradient of the merged cross-entropy and of the skewness and
+disorder losses (Integrated Gradients against the reference network, which
+stays on the server), so skewness survives the adaptation; the remote
+predictor and the merge adapt in the same rounds. The server half runs in
+process unless ``server`` reaches a real one (``edge_node.split_learning``).
+With ``remote="fixed"`` the device learns alone on its local cross-entropy and
+the remote channels' filters stay fixed, so the server needs no change.
 
 Methods (``METHODS``): ``full`` (the whole device part), ``last`` (the local
 predictor), ``bias`` (every bias), ``sparse`` (Tiny Training: a contribution
@@ -20,13 +22,15 @@ importance and a backward-time model, a knapsack per depth within
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -34,15 +38,18 @@ from tqdm import tqdm
 
 from ..config import TrainConfig
 from ..data import ImageDataset
-from ..importance import channel_importance, integrated_gradients
-from ..losses import disorder_loss, skewness_loss
-from ..model import AgileNN
+from ..model import AgileNN, split_channels
 from .elastic import backward_time_model, select_within_time, taylor_importance
 from .knapsack import knapsack
 from .memory import estimate_peak_memory, measure_peak_memory
 from .selection import DevicePart, Selection, apply_selection, bias_only, full, remove_selection, under
+from .split import InProcessServer, SplitGradients, SplitPeer, SplitServer, device_loss, make_optimizer
 
 METHODS = ("full", "last", "bias", "sparse", "elastic")
+REMOTE_MODES = ("split", "fixed")
+# With the remote channels fixed, only the local predictor and the local channels' rows of the
+# extractor's last layer may train: everything before that layer feeds the remote channels too.
+REMOTE_FIXED_LAYER = "extractor.pointwise."
 SPARSE_RATIOS = (0.25, 0.5, 1.0)
 
 
@@ -58,11 +65,14 @@ class AdaptConfig:
     slowdown: float = 1.0  # the device's backward time over this host's
     probe_epochs: int = 1  # sparse: training each candidate alone, to measure its gain
     seed: int = 0
+    remote: str = "split"  # split: the server adapts alongside; fixed: the remote channels stay put
     training: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; pick one of {', '.join(METHODS)}")
+        if self.remote not in REMOTE_MODES:
+            raise ValueError(f"unknown remote mode {self.remote!r}; pick one of {', '.join(REMOTE_MODES)}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or not 0 < self.time_budget <= 1:
             raise ValueError("epochs, batch_size and lr must be positive and time_budget in (0, 1]")
 
@@ -74,24 +84,15 @@ class AdaptResult:
     peak_memory_estimated: int
     peak_memory_measured: int
     full_update_peak_memory: int
-    train_seconds: float
+    train_seconds: float  # training alone: choosing the selection (probes included) is not in it
+    server_seconds: float  # of train_seconds, waiting on the server half (the wire included)
     details: dict[str, Any]
-    samples_through_split: int  # every sample's pass through the split: training and probes
+    bytes_exchanged: int  # by split learning, both ways: training and probes
 
 
 def _first_batch(train_set: ImageDataset, config: AdaptConfig) -> tuple[Tensor, Tensor]:
     """The batch the memory and time models are taken on."""
     return train_set.batch(slice(0, config.batch_size))
-
-
-def _loss(model: AgileNN, images: Tensor, labels: Tensor, config: TrainConfig) -> Tensor:
-    k = model.config.local_channels
-    out = model(images)
-    importance = channel_importance(integrated_gradients(
-        model.reference, out.features, labels, config.ig_steps, config.second_order, config.ig_target))
-    return (config.lam * F.cross_entropy(out.logits, labels)
-            + (1.0 - config.lam) * (skewness_loss(importance, k, config.rho) + disorder_loss(importance, k))
-            + config.local_ce_weight * F.cross_entropy(out.local_logits, labels))
 
 
 def accuracies(model: AgileNN, dataset: ImageDataset, batch_size: int = 1000) -> tuple[float, float]:
@@ -110,22 +111,50 @@ def _accuracy(model: AgileNN, dataset: ImageDataset) -> float:
     return accuracies(model, dataset)[0]
 
 
+def _mask_remote_rows(part: DevicePart) -> None:
+    """Keep the remote channels' filters fixed: the last extractor layer trains only the rows
+    (output channels) of the local channels, so what the server receives does not move."""
+    keep = part.local_channels
+    for name, parameter in part.named_parameters():
+        if parameter.requires_grad and name.startswith(REMOTE_FIXED_LAYER):
+            mask = torch.zeros(parameter.shape[0], *[1] * (parameter.dim() - 1))
+            mask[:keep] = 1.0
+            parameter.register_hook(lambda gradient, mask=mask: gradient * mask)
+
+
+def split_objective(model: AgileNN, images: Tensor, labels: Tensor, peer: SplitPeer | None,
+                    config: TrainConfig) -> tuple[Tensor, float]:
+    """A scalar whose gradient in the device part is the split loss's, and the loss itself.
+
+    The scalar is the device's own term plus the server's gradients dotted with the outputs they
+    answer: back-propagating it is back-propagating the server's gradients. Without a peer the
+    device learns alone, on its own term.
+    """
+    features = model.extractor(images)
+    local_logits = model.local_predictor(split_channels(features, model.config.local_channels)[0])
+    loss = device_loss(local_logits, labels, config)
+    if peer is None:
+        return loss, float(loss.detach())
+    answer = peer.step(features.detach(), local_logits.detach(), labels)
+    objective = loss + (features * answer.features).sum() + (local_logits * answer.local_logits).sum()
+    return objective, float(loss.detach()) + answer.loss
+
+
 def train_selection(model: AgileNN, selection: Selection, train_set: ImageDataset, config: AdaptConfig,
-                    epochs: int, progress: bool = False, server_side: bool = True) -> AgileNN:
-    """A copy of ``model`` whose selection (and, with ``server_side``, the server's remote
-    predictor and merge) trained ``epochs`` epochs; nothing else changes, the quantizer's
-    centroids and the reference included."""
+                    epochs: int, peer: SplitPeer | None, progress: bool = False) -> AgileNN:
+    """A copy of ``model`` whose selection trained ``epochs`` epochs by split learning with
+    ``peer`` (whose adapted remote predictor and merge the copy takes), or, with no peer, on the
+    device alone with the remote channels fixed. Nothing else changes: the quantizer's centroids
+    and the reference stay as they were."""
     adapted = copy.deepcopy(model).eval()  # BatchNorm keeps its statistics, as on the device
     for parameter in adapted.parameters():
         parameter.requires_grad_(False)
-    apply_selection(DevicePart(adapted), selection)
-    if server_side:
-        for parameter in [*adapted.remote_predictor.parameters(), *adapted.merge.parameters()]:
-            parameter.requires_grad_(True)
-    trainable = [p for p in adapted.parameters() if p.requires_grad]
-    optimizer = (torch.optim.Adam(trainable, lr=config.lr) if config.optimizer == "adam"
-                 else torch.optim.SGD(trainable, lr=config.lr, momentum=0.9 if config.optimizer == "momentum"
-                                      else 0.0))
+    part = DevicePart(adapted)
+    apply_selection(part, selection)
+    if peer is None:
+        _mask_remote_rows(part)
+    optimizer = make_optimizer([p for p in adapted.parameters() if p.requires_grad], config.optimizer,
+                               config.lr)
     generator = torch.Generator().manual_seed(config.seed)
     steps = epochs * -(-len(train_set) // config.batch_size)
     with tqdm(total=steps, disable=not progress, desc=f"adapt {config.method}", leave=False) as bar:
@@ -133,13 +162,15 @@ def train_selection(model: AgileNN, selection: Selection, train_set: ImageDatase
             order = torch.randperm(len(train_set), generator=generator)
             for start in range(0, len(train_set), config.batch_size):
                 images, labels = train_set.batch(order[start:start + config.batch_size])
-                loss = _loss(adapted, images, labels, config.training)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                objective, loss = split_objective(adapted, images, labels, peer, config.training)
+                objective.backward()
                 optimizer.step()
                 bar.update()
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+                bar.set_postfix(loss=f"{loss:.3f}")
     remove_selection(adapted)
+    if peer is not None:
+        adapted.load_state_dict(peer.trained_state(), strict=False)
     for parameter in adapted.parameters():
         parameter.requires_grad_(False)
     adapted.freeze_reference()
@@ -167,7 +198,63 @@ def _union(selections: list[Selection]) -> Selection:
     return merged
 
 
-def sparse_selection(model: AgileNN, train_set: ImageDataset, config: AdaptConfig,
+class _TimedPeer:
+    """A peer that adds the seconds each step waits on the server to ``seconds``."""
+
+    def __init__(self, peer: SplitPeer) -> None:
+        self.peer, self.seconds = peer, 0.0
+
+    @property
+    def bytes_exchanged(self) -> int:
+        return self.peer.bytes_exchanged
+
+    def step(self, features: Tensor, local_logits: Tensor, labels: Tensor) -> SplitGradients:
+        started = time.perf_counter()
+        try:
+            return self.peer.step(features, local_logits, labels)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+    def trained_state(self) -> dict[str, Tensor]:
+        return self.peer.trained_state()
+
+    def close(self) -> None:
+        self.peer.close()
+
+
+class _Peers:
+    """Opens the server halves of one adaptation (none with the remote channels fixed) and
+    counts what they exchanged and how long steps waited on them."""
+
+    def __init__(self, server: SplitServer, remote: str) -> None:
+        self.server, self.remote = server, remote
+        self.bytes_exchanged = 0
+        self.server_seconds = 0.0
+
+    @contextlib.contextmanager
+    def open(self, model: AgileNN, train: bool) -> Iterator[SplitPeer | None]:
+        if self.remote == "fixed":
+            yield None
+            return
+        peer = _TimedPeer(self.server.open(model, train))
+        try:
+            yield peer
+        finally:
+            peer.close()
+            self.bytes_exchanged += peer.bytes_exchanged
+            self.server_seconds += peer.seconds
+
+
+def trainable_names(part: DevicePart, remote: str) -> list[str]:
+    """What may train: all of the device part, or with the remote channels fixed only the local
+    predictor and the last extractor layer (whose remote rows :func:`_mask_remote_rows` holds)."""
+    names = [name for name, _ in part.named_parameters()]
+    if remote == "split":
+        return names
+    return [name for name in names if name.startswith(("local_predictor.", REMOTE_FIXED_LAYER))]
+
+
+def sparse_selection(model: AgileNN, train_set: ImageDataset, config: AdaptConfig, peers: _Peers,
                      progress: bool = False) -> tuple[Selection, dict[str, Any]]:
     """Tiny Training's contribution analysis: each candidate (a bias; a weight at a fraction of its
     input channels) trains alone on 80% of the set; its accuracy gain on the other 20% is its value
@@ -176,15 +263,17 @@ def sparse_selection(model: AgileNN, train_set: ImageDataset, config: AdaptConfi
     split = max(1, len(train_set) * 4 // 5)
     probe, held_out = train_set.head(split), _tail(train_set, split)
     before = _accuracy(model, held_out)
-    weights = [(name, p) for name, p in part.named_parameters() if p.dim() >= 2]
-    candidates = [Selection({name: 1.0}) for name, p in part.named_parameters() if p.dim() < 2]
-    candidates += [Selection({name: ratio}) for name, p in weights for ratio in SPARSE_RATIOS
-                   if ratio == 1.0 or p.shape[1] > 1]
+    allowed = set(trainable_names(part, config.remote))
+    parameters = [(name, p) for name, p in part.named_parameters() if name in allowed]
+    candidates = [Selection({name: 1.0}) for name, p in parameters if p.dim() < 2]
+    candidates += [Selection({name: ratio}) for name, p in parameters if p.dim() >= 2
+                   for ratio in SPARSE_RATIOS if ratio == 1.0 or p.shape[1] > 1]
     resident = _resident(part, example, config)
     gains, costs = [], []
     for candidate in tqdm(candidates, disable=not progress, desc="contribution analysis", leave=False):
         # The candidate alone: a server side adapting too would move every candidate's gain alike.
-        trained = train_selection(model, candidate, probe, config, config.probe_epochs, server_side=False)
+        with peers.open(model, train=False) as peer:
+            trained = train_selection(model, candidate, probe, config, config.probe_epochs, peer)
         gains.append(_accuracy(trained, held_out) - before)
         costs.append(max(0, _peak(part, example, candidate, config) - resident))
     budget = config.memory_budget or _peak(part, example, full(part), config)
@@ -195,8 +284,7 @@ def sparse_selection(model: AgileNN, train_set: ImageDataset, config: AdaptConfi
                          f"candidate needs {smallest}")
     table = [{"candidate": dict(c.ratios), "accuracy_gain": round(g, 4), "bytes": cost}
              for c, g, cost in zip(candidates, gains, costs, strict=True)]
-    passes = len(candidates) * config.probe_epochs * len(probe)
-    return selection, {"contributions": table, "held_out_accuracy_before": before, "probe_samples": passes}
+    return selection, {"contributions": table, "held_out_accuracy_before": before}
 
 
 def _best_within(part: DevicePart, example: Tensor, config: AdaptConfig, candidates: list[Selection],
@@ -226,56 +314,90 @@ def _best_within(part: DevicePart, example: Tensor, config: AdaptConfig, candida
     return _union([candidates[i] for i in best[1]]) if best is not None else None
 
 
-def elastic_selection(model: AgileNN, train_set: ImageDataset, config: AdaptConfig,
+def elastic_selection(model: AgileNN, train_set: ImageDataset, config: AdaptConfig, peers: _Peers,
                       ) -> tuple[Selection, dict[str, Any]]:
     """ElasticTrainer: Taylor importance from one probe step, then the most importance within
     ``time_budget`` of the full update's backward time (see :mod:`agilenn.adapt.elastic`)."""
     probe = copy.deepcopy(model).eval()
     part, (images, labels) = DevicePart(probe), _first_batch(train_set, config)
-    parameters = dict(part.named_parameters())
+    allowed = set(trainable_names(part, config.remote))
+    parameters = {name: p for name, p in part.named_parameters() if name in allowed}
     for parameter in parameters.values():
         parameter.requires_grad_(True)
-    importance = taylor_importance(parameters, lambda: _loss(probe, images, labels, config.training),
-                                   config.lr)
+    with peers.open(model, train=False) as peer:
+        importance = taylor_importance(
+            parameters, lambda: split_objective(probe, images, labels, peer, config.training)[0], config.lr)
     layers = backward_time_model(part, images, set(parameters), config.slowdown)
     choice = select_within_time(layers, importance, config.time_budget)
     if not choice.tensors:
         raise ValueError(f"nothing trains within {config.time_budget:.0%} of the full update's backward time")
     selection = Selection.whole(list(choice.tensors))
     return selection, {"importance": importance, "importance_share": choice.importance,
-                       "probe_samples": len(images),
                        "backward_s_modelled": choice.backward_s,
                        "full_backward_s_modelled": choice.full_backward_s}
 
 
 def choose_selection(model: AgileNN, train_set: ImageDataset, config: AdaptConfig,
-                     progress: bool = False) -> tuple[Selection, dict[str, Any]]:
+                     server: SplitServer | None = None, progress: bool = False,
+                     ) -> tuple[Selection, dict[str, Any]]:
+    return _choose(model, train_set, config, _Peers(server or _in_process(config), config.remote), progress)
+
+
+def _choose(model: AgileNN, train_set: ImageDataset, config: AdaptConfig, peers: _Peers,
+            progress: bool) -> tuple[Selection, dict[str, Any]]:
     part = DevicePart(model)
     fixed: dict[str, Callable[[], Selection]] = {
         "full": lambda: full(part), "last": lambda: under(part, "local_predictor"),
         "bias": lambda: bias_only(part)}
-    if config.method in fixed:
-        return fixed[config.method](), {}
     if config.method == "sparse":
-        return sparse_selection(model, train_set, config, progress)
-    return elastic_selection(model, train_set, config)
+        return sparse_selection(model, train_set, config, peers, progress)
+    if config.method == "elastic":
+        return elastic_selection(model, train_set, config, peers)
+    allowed = set(trainable_names(part, config.remote))
+    selection = Selection({name: ratio for name, ratio in fixed[config.method]().ratios.items()
+                           if name in allowed})
+    if not selection.ratios:
+        raise ValueError(f"{config.method} trains nothing with the remote channels fixed")
+    return selection, {}
 
 
-def adapt(model: AgileNN, train_set: ImageDataset, config: AdaptConfig,
-          progress: bool = False) -> AdaptResult:
-    """Choose what trains by ``config.method``, measure its memory, train it; the model is left unchanged."""
+def _in_process(config: AdaptConfig) -> SplitServer:
+    return InProcessServer(config.training, config.lr, config.optimizer)
+
+
+def adapt(model: AgileNN, train_set: ImageDataset, config: AdaptConfig, progress: bool = False,
+          server: SplitServer | None = None) -> AdaptResult:
+    """Choose what trains by ``config.method``, measure its memory, train it; the model is left
+    unchanged. ``server``: where the server halves of split learning run (default: in process)."""
     torch.manual_seed(config.seed)
-    selection, details = choose_selection(model, train_set, config, progress)
+    peers = _Peers(server or _in_process(config), config.remote)
+    selection, details = _choose(model, train_set, config, peers, progress)
     part, (example, labels) = DevicePart(model), _first_batch(train_set, config)
     estimated = _peak(part, example, selection, config)
     measured = measure_peak_memory(part, example, selection, lambda logits: F.cross_entropy(logits, labels),
                                    config.optimizer).peak
+    waited_before = peers.server_seconds
     started = time.perf_counter()
-    adapted = train_selection(model, selection, train_set, config, config.epochs, progress)
+    with peers.open(model, train=True) as peer:
+        adapted = train_selection(model, selection, train_set, config, config.epochs, peer, progress)
     seconds = time.perf_counter() - started
-    passes = config.epochs * len(train_set) + int(details.get("probe_samples", 0))
     return AdaptResult(adapted, selection, estimated, measured, _peak(part, example, full(part), config),
-                       seconds, details, passes)
+                       seconds, peers.server_seconds - waited_before, details, peers.bytes_exchanged)
+
+
+def with_replay(train_set: ImageDataset, shipped: ImageDataset, count: int) -> ImageDataset:
+    """``train_set`` and the last ``count`` samples of ``shipped`` (the data the model was trained
+    on): rehearsing a few of them while adapting keeps the model from forgetting clean data. The
+    last ones, because drifted sets made from the same split start at its first image."""
+    if count <= 0:
+        return train_set
+    if count > len(shipped):
+        raise ValueError(f"{count} replay samples asked of {len(shipped)}")
+    if shipped.images.shape[1:] != train_set.images.shape[1:]:
+        raise ValueError(f"replay images {shipped.images.shape[1:]} differ from {train_set.images.shape[1:]}")
+    return ImageDataset(f"{train_set.name}+replay{count}",
+                        np.concatenate([train_set.images, shipped.images[-count:]]),
+                        np.concatenate([train_set.labels, shipped.labels[-count:]]), train_set.num_classes)
 
 
 def pseudo_labelled(model: AgileNN, dataset: ImageDataset, threshold: float = 0.9) -> ImageDataset:
@@ -288,10 +410,3 @@ def pseudo_labelled(model: AgileNN, dataset: ImageDataset, threshold: float = 0.
     keep = (confidence >= threshold).numpy()
     return ImageDataset(f"{dataset.name}:pseudo", dataset.images[keep], predicted.numpy()[keep],
                         dataset.num_classes)
-
-
-def split_learning_bytes(model: AgileNN, passes: int) -> int:
-    """What the exchange would carry: each pass's features up and their gradient down, float16."""
-    config = model.config
-    per_sample = config.feature_channels * config.feature_size**2 * 2
-    return 2 * per_sample * passes
