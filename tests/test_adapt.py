@@ -113,3 +113,19 @@ def test_replay_appends_the_last_shipped_samples_and_refuses_what_it_cannot() ->
     wide = ImageDataset("wide", np.zeros((4, 1, 32, 32), np.uint8), np.zeros(4, np.int64), 10)
     with pytest.raises(ValueError, match="differ"):
         with_replay(TRAIN, wide, 2)
+
+
+def test_a_selection_over_the_memory_budget_trains_by_a_schedule_to_the_same_model() -> None:
+    whole_batches = TRAIN.head(96)  # a scheduled run drops a last, smaller batch; here there is none
+    plain = adapt(MODEL, whole_batches, AdaptConfig(method="full", epochs=1))
+    budget = 1_500_000
+    assert plain.peak_memory_estimated > budget
+    scheduled = adapt(MODEL, whole_batches, AdaptConfig(method="full", epochs=1, memory_budget=budget))
+    schedule = scheduled.details["schedule"]
+    assert schedule["gradients_match"] and schedule["recomputations_per_step"] > 0
+    assert scheduled.peak_memory_estimated == scheduled.peak_memory_measured <= budget
+    ours, theirs = scheduled.model.state_dict(), plain.model.state_dict()
+    assert all(torch.allclose(ours[name], theirs[name], atol=1e-5) for name in ours)
+    assert any(not torch.equal(ours[name], MODEL.state_dict()[name]) for name in ours)
+    with pytest.raises(ValueError, match="even with a memory schedule"):
+        adapt(MODEL, whole_batches, AdaptConfig(method="full", epochs=1, memory_budget=600_000))

@@ -43,7 +43,20 @@ from .elastic import backward_time_model, select_within_time, taylor_importance
 from .knapsack import knapsack
 from .memory import estimate_peak_memory, measure_peak_memory
 from .selection import DevicePart, Selection, apply_selection, bias_only, full, remove_selection, under
-from .split import InProcessServer, SplitGradients, SplitPeer, SplitServer, device_loss, make_optimizer
+from ..schedule.costs import device_costs
+from ..schedule.executor import Executor, gradients_match, plain_step
+from ..schedule.graph import trace_step
+from ..schedule.milp import InfeasibleSchedule, SolveOptions, solve
+from ..schedule.program import Plan
+from .split import (
+    InProcessServer,
+    SplitGradients,
+    SplitPeer,
+    SplitServer,
+    SplitStep,
+    device_loss,
+    make_optimizer,
+)
 
 METHODS = ("full", "last", "bias", "sparse", "elastic")
 REMOTE_MODES = ("split", "fixed")
@@ -66,6 +79,10 @@ class AdaptConfig:
     probe_epochs: int = 1  # sparse: training each candidate alone, to measure its gain
     seed: int = 0
     remote: str = "split"  # split: the server adapts alongside; fixed: the remote channels stay put
+    # Costs the memory scheduler plans with when a selection does not fit memory_budget as plain
+    # training: the device's paging assumptions and its MAC rate (the bench's stm32f746 profile).
+    schedule_device: str = "stm32f746"
+    device_macs_per_second: float = 124e6
     training: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -140,31 +157,68 @@ def split_objective(model: AgileNN, images: Tensor, labels: Tensor, peer: SplitP
     return objective, float(loss.detach()) + answer.loss
 
 
+def _split_step(adapted: AgileNN, config: TrainConfig) -> SplitStep:
+    return SplitStep(DevicePart(adapted), adapted.config.local_channels, config.local_ce_weight)
+
+
+def _scheduled_step(adapted: AgileNN, plan: Plan, images: Tensor, labels: Tensor, peer: SplitPeer | None,
+                    config: TrainConfig, executor: Executor) -> float:
+    """One step run by the memory scheduler's plan: a forward without gradients gives the server
+    its features, then the plan runs the split objective with the server's answer as inputs."""
+    with torch.no_grad():
+        features = adapted.extractor(images)
+        local_logits = adapted.local_predictor(split_channels(features, adapted.config.local_channels)[0])
+    feature_gradient, logit_gradient = torch.zeros_like(features), torch.zeros_like(local_logits)
+    server_loss = 0.0
+    if peer is not None:
+        answer = peer.step(features, local_logits, labels)
+        feature_gradient, logit_gradient, server_loss = answer.features, answer.local_logits, answer.loss
+    execution = executor.run(plan, images, labels, feature_gradient, logit_gradient)
+    parameters = dict(DevicePart(adapted).named_parameters())
+    for name, gradient in execution.gradients.items():
+        parameters[name].grad = gradient
+    return execution.loss + server_loss
+
+
 def train_selection(model: AgileNN, selection: Selection, train_set: ImageDataset, config: AdaptConfig,
-                    epochs: int, peer: SplitPeer | None, progress: bool = False) -> AgileNN:
+                    epochs: int, peer: SplitPeer | None, progress: bool = False,
+                    plan: Plan | None = None) -> AgileNN:
     """A copy of ``model`` whose selection trained ``epochs`` epochs by split learning with
     ``peer`` (whose adapted remote predictor and merge the copy takes), or, with no peer, on the
     device alone with the remote channels fixed. Nothing else changes: the quantizer's centroids
-    and the reference stay as they were."""
+    and the reference stay as they were. With a memory-scheduler ``plan`` (whole tensors only)
+    every step runs by it, on full batches: a last, smaller batch would be another graph."""
     adapted = copy.deepcopy(model).eval()  # BatchNorm keeps its statistics, as on the device
     for parameter in adapted.parameters():
         parameter.requires_grad_(False)
     part = DevicePart(adapted)
-    apply_selection(part, selection)
+    executor = None
+    if plan is None:
+        apply_selection(part, selection)
+    else:
+        for name, parameter in part.named_parameters():
+            parameter.requires_grad_(name in selection.ratios)
+        example, labels = train_set.batch(slice(0, config.batch_size))
+        executor = Executor(trace_step(_split_step(adapted, config.training),
+                                       _step_inputs(adapted, example, labels), set(selection.ratios)))
     if peer is None:
         _mask_remote_rows(part)
     optimizer = make_optimizer([p for p in adapted.parameters() if p.requires_grad], config.optimizer,
                                config.lr)
     generator = torch.Generator().manual_seed(config.seed)
-    steps = epochs * -(-len(train_set) // config.batch_size)
+    last_start = len(train_set) - (config.batch_size if plan is not None else 1)
+    steps = epochs * (last_start // config.batch_size + 1)
     with tqdm(total=steps, disable=not progress, desc=f"adapt {config.method}", leave=False) as bar:
         for _ in range(epochs):
             order = torch.randperm(len(train_set), generator=generator)
-            for start in range(0, len(train_set), config.batch_size):
+            for start in range(0, last_start + 1, config.batch_size):
                 images, labels = train_set.batch(order[start:start + config.batch_size])
                 optimizer.zero_grad(set_to_none=True)
-                objective, loss = split_objective(adapted, images, labels, peer, config.training)
-                objective.backward()
+                if plan is not None and executor is not None:
+                    loss = _scheduled_step(adapted, plan, images, labels, peer, config.training, executor)
+                else:
+                    objective, loss = split_objective(adapted, images, labels, peer, config.training)
+                    objective.backward()
                 optimizer.step()
                 bar.update()
                 bar.set_postfix(loss=f"{loss:.3f}")
@@ -376,13 +430,51 @@ def adapt(model: AgileNN, train_set: ImageDataset, config: AdaptConfig, progress
     estimated = _peak(part, example, selection, config)
     measured = measure_peak_memory(part, example, selection, lambda logits: F.cross_entropy(logits, labels),
                                    config.optimizer).peak
+    plan = None
+    if config.memory_budget and estimated > config.memory_budget:
+        plan, schedule = _schedule(model, selection, example, labels, config)
+        details["schedule"] = schedule
+        estimated, measured = schedule["peak_memory_bytes_planned"], schedule["peak_memory_bytes_measured"]
     waited_before = peers.server_seconds
     started = time.perf_counter()
     with peers.open(model, train=True) as peer:
-        adapted = train_selection(model, selection, train_set, config, config.epochs, peer, progress)
+        adapted = train_selection(model, selection, train_set, config, config.epochs, peer, progress, plan)
     seconds = time.perf_counter() - started
     return AdaptResult(adapted, selection, estimated, measured, _peak(part, example, full(part), config),
                        seconds, peers.server_seconds - waited_before, details, peers.bytes_exchanged)
+
+
+def _step_inputs(model: AgileNN, images: Tensor, labels: Tensor) -> tuple[Tensor, ...]:
+    config = model.config
+    features = torch.zeros(len(images), config.feature_channels, config.feature_size, config.feature_size)
+    return images, labels, features, torch.zeros(len(images), config.num_classes)
+
+
+def _schedule(model: AgileNN, selection: Selection, images: Tensor, labels: Tensor, config: AdaptConfig,
+              ) -> tuple[Plan, dict[str, Any]]:
+    """A selection too big for the budget as plain training runs by a memory schedule: the plan,
+    checked once on the first batch (gradients, peak, bytes paged), and its figures."""
+    if any(ratio < 1.0 for ratio in selection.ratios.values()):
+        raise ValueError("a selection with channel fractions does not fit the memory budget, and "
+                         "the memory scheduler plans whole tensors only")
+    step = _split_step(copy.deepcopy(model).eval(), config.training)
+    inputs = _step_inputs(model, images, labels)
+    graph = trace_step(step, inputs, set(selection.ratios))
+    costs = device_costs(config.schedule_device, config.device_macs_per_second)
+    try:
+        solution = solve(graph, costs, SolveOptions(config.memory_budget, time_limit=60.0))
+    except InfeasibleSchedule as exc:
+        raise ValueError(f"{config.method} does not fit {config.memory_budget} bytes, even with a memory "
+                         f"schedule: {exc}") from None
+    planned = solution.plan.simulate(graph)
+    execution = Executor(graph).run(solution.plan, *inputs)
+    return solution.plan, {
+        "status": solution.status, "plain_peak_memory_bytes": graph.plain_peak_bytes,
+        "peak_memory_bytes_planned": planned.peak_bytes, "peak_memory_bytes_measured": execution.peak_bytes,
+        "bytes_paged_per_step": planned.bytes_paged,
+        "recomputations_per_step": planned.computations - len(graph),
+        "gradients_match": gradients_match(execution, plain_step(graph, *inputs)[1]),
+        "schedule_bytes": len(solution.plan.to_bytes()), "solve_seconds": round(solution.solve_seconds, 3)}
 
 
 def with_replay(train_set: ImageDataset, shipped: ImageDataset, count: int) -> ImageDataset:

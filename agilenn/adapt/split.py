@@ -32,6 +32,7 @@ from ..errors import CheckpointError
 from ..importance import channel_importance, integrated_gradients
 from ..losses import disorder_loss, skewness_loss
 from ..model import AgileNN, split_channels
+from .selection import DevicePart
 
 # The modules whose parameters the server adapts, as named in the model's state dict.
 SERVER_TRAINED = ("remote_predictor", "merge")
@@ -169,3 +170,21 @@ def state_from_bytes(data: bytes, model: AgileNN) -> dict[str, Tensor]:
     if {name: tensor.shape for name, tensor in state.items()} != expected:
         raise CheckpointError("server state: its tensors are not this model's remote predictor and merge")
     return state
+
+
+class SplitStep(nn.Module):
+    """The device's split objective as one traceable step (for the memory scheduler): its local
+    cross-entropy plus the server's gradients dotted with the outputs they answer. With zero
+    gradients from the server it is the device-only loss."""
+
+    def __init__(self, model: DevicePart, local_channels: int, local_weight: float) -> None:
+        super().__init__()
+        self.model = model
+        self.local_channels = local_channels
+        self.local_weight = local_weight
+
+    def forward(self, x: Tensor, y: Tensor, feature_gradient: Tensor, logit_gradient: Tensor) -> Tensor:
+        features = self.model.extractor(x)
+        local_logits = self.model.local_predictor(features[:, :self.local_channels])
+        return (self.local_weight * F.cross_entropy(local_logits, y) + (features * feature_gradient).sum()
+                + (local_logits * logit_gradient).sum())

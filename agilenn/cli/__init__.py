@@ -17,6 +17,7 @@ COMMANDS = {
     "eval": ("agilenn.cli.evaluate", "evaluate a model through the real codec path"),
     "codec": ("agilenn.cli.codec", "retune a model's feature codec (zstd level, dictionary)"),
     "adapt": ("agilenn.cli.adapt", "adapt the device part to drifted data within a memory/time budget"),
+    "schedule": ("agilenn.cli.schedule", "plan a training step within a memory budget (recompute, page)"),
     "server": ("agilenn.cli.server", "run the inference server daemon"),
     "broker": ("agilenn.cli.broker", "load-balance devices over server workers, with heartbeats"),
     "pair": ("agilenn.cli.pair", "pair an MCU over a serial port, optionally pushing weights"),

@@ -180,6 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "peak_memory_bytes_estimated": result.peak_memory_estimated,
         "peak_memory_bytes_measured": result.peak_memory_measured,
         "full_update_peak_memory_bytes": result.full_update_peak_memory,
+        # Set when the selection did not fit --memory-budget as plain training and ran by a memory
+        # schedule (recomputation and paging); the peaks above are then the schedule's.
+        "memory_schedule": result.details.get("schedule"),
         "train_seconds": round(result.train_seconds, 2), "server_seconds": round(result.server_seconds, 2),
         "remote": args.remote, "server": args.server or "in-process", "link": args.link or "none",
         "bytes_exchanged": result.bytes_exchanged,
