@@ -150,3 +150,19 @@ def test_the_executor_pages_through_real_files(tmp_path: Path) -> None:
     assert execution.bytes_paged_out > 0 and gradients_match(execution, PLAIN_GRADIENTS)
     assert list(tmp_path.iterdir()) == []  # the scratch store is gone afterwards
     assert torch.isfinite(torch.tensor(execution.loss))
+
+
+def test_when_the_solver_runs_out_of_time_the_rounded_relaxation_still_runs_correctly() -> None:
+    budget = (SMALLEST + GRAPH.plain_peak_bytes) // 2
+    rounded = solve(GRAPH, COSTS, SolveOptions(budget, time_limit=1e-4))  # HiGHS finds nothing so soon
+    exact = solve(GRAPH, COSTS, SolveOptions(budget))
+    assert (rounded.status, rounded.method) == ("feasible", "lp-rounding")
+    assert 0 <= rounded.gap < 1 and rounded.objective >= exact.objective * (1 - 1e-9)
+    execution = Executor(GRAPH).run(rounded.plan, IMAGES, LABELS)
+    assert execution.peak_bytes <= budget and gradients_match(execution, PLAIN_GRADIENTS)
+
+
+def test_an_in_place_operation_is_refused_before_it_could_corrupt_a_kept_tensor() -> None:
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10), torch.nn.ReLU(inplace=True))
+    with pytest.raises(ValueError, match="in place"):
+        trace_training_graph(model, IMAGES, LABELS)

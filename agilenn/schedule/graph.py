@@ -164,6 +164,9 @@ def trace_step(step: nn.Module, inputs: tuple[Tensor, ...], trainable: set[str] 
     if unknown:
         raise ValueError(f"unknown parameters: {', '.join(sorted(unknown))}")
     traced_trainable = frozenset(f"model.{name}" for name in names)
+    for name, submodule in module.named_modules():
+        if getattr(submodule, "inplace", False):  # it would overwrite a tensor a plan still holds
+            raise ValueError(f"{name} works in place; the scheduler needs operations that do not")
     live = _ancestors_of_output(module)  # an output nothing uses (the remote channels' slice) is dead
     operations = [n for n in module.graph.nodes
                   if n.op in ("call_module", "call_function", "call_method") and n.name in live]

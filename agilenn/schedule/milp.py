@@ -140,12 +140,17 @@ class _Rows:
 
 
 def _program(graph: TrainingGraph, costs: DeviceCosts, options: SolveOptions,
-             ) -> tuple[_Variables, np.ndarray, _Rows, np.ndarray]:
+             ) -> tuple[_Variables, np.ndarray, _Rows, np.ndarray, float]:
+    """The program: variables, objective (over ``scale``), rows, fixed lower bounds, ``scale``."""
     size = len(graph)
     variables = _Variables(graph, options.allow_recompute, options.allow_paging)
     users = graph.consumers()
     v = variables.get
     sizes = [node.size_bytes for node in graph.nodes]
+    # Memory in shares of the room and the objective over its largest cost: with bytes (1e6) and
+    # joules (1e-9) side by side, HiGHS's presolve called a worse plan optimal.
+    room = max(options.memory_budget - graph.resident_bytes, 1)  # 0 bytes of room: only empty tensors
+    shares = [size / room for size in sizes]
     energy = np.zeros(len(variables))
     seconds = np.zeros(len(variables))
     for (kind, _, i), column in variables.index.items():
@@ -174,23 +179,25 @@ def _program(graph: TrainingGraph, costs: DeviceCosts, options: SolveOptions,
             for first, second in (("S", "R"), ("S", "IN"), ("R", "IN")):
                 if v(first, t, i) is not None and v(second, t, i) is not None:
                     rows.add([(v(first, t, i), 1), (v(second, t, i), 1)], -np.inf, 1)
-        _memory_rows(rows, v, graph, users, t, sizes)
-    if np.isfinite(options.time_budget):
-        rows.add([(column, float(value)) for column, value in enumerate(seconds) if value], -np.inf,
-                 options.time_budget)
+        _memory_rows(rows, v, graph, users, t, shares)
+    if np.isfinite(options.time_budget):  # in shares of the budget, for the same reason
+        rows.add([(column, float(value) / options.time_budget) for column, value in enumerate(seconds)
+                  if value], -np.inf, 1.0)
     fixed = np.zeros(len(variables))
     for t in range(size):
         computes = v("R", t, t)
         assert computes is not None
         fixed[computes] = 1.0
-    return variables, (energy if options.objective == "energy" else seconds), rows, fixed
+    objective = energy if options.objective == "energy" else seconds
+    scale = max(float(objective.max()), 1e-30)
+    return variables, objective / scale, rows, fixed, scale
 
 
 def _memory_rows(rows: _Rows, v: Any, graph: TrainingGraph, users: dict[int, list[int]], t: int,
-                 sizes: list[int]) -> None:
-    """``U[t,k]``: what stage ``t`` holds right after node ``k`` runs (its upper bound is the room
-    left by the resident bytes), and when ``FREE`` may drop a tensor: after its last user in the
-    stage, if the next stage does not keep it."""
+                 sizes: list[float]) -> None:
+    """``U[t,k]``: what stage ``t`` holds right after node ``k`` runs, in shares of the room the
+    resident bytes leave (at most 1), and when ``FREE`` may drop a tensor: after its last user in
+    the stage, if the next stage does not keep it."""
     previous: tuple[int, int] | None = None  # U's column and node of the last node run
     for k in range(t + 1):
         u = v("U", t, k)
@@ -235,18 +242,18 @@ def solve(graph: TrainingGraph, costs: DeviceCosts, options: SolveOptions) -> So
     """The cheapest schedule within the budgets; :class:`InfeasibleSchedule` if there is none."""
     _check_reachable(graph, options)
     started = time.perf_counter()
-    variables, objective, rows, fixed = _program(graph, costs, options)
+    variables, objective, rows, fixed, scale = _program(graph, costs, options)
     upper = np.ones(len(variables))
-    upper[variables.continuous] = options.memory_budget - graph.resident_bytes
     integrality = np.ones(len(variables))
     integrality[variables.continuous] = 0
     constraint = rows.constraint(len(variables))
+    # Building counts too, and HiGHS stops a little after its limit.
+    left = max(0.1, 0.97 * (options.time_limit - (time.perf_counter() - started)))
     result = milp(objective, integrality=integrality, bounds=Bounds(fixed, upper),
-                  constraints=constraint, options={"time_limit": options.time_limit, "disp": False})
+                  constraints=constraint, options={"time_limit": left, "disp": False, "mip_rel_gap": 1e-9})
     if result.status == 2:
         raise InfeasibleSchedule(f"no schedule fits {options.memory_budget} bytes and "
                                  f"{options.time_budget} s (HiGHS proved it infeasible)")
-    method = "milp"
     if result.x is None:  # the time limit hit with no schedule: round the LP relaxation
         relaxed = milp(objective, integrality=np.zeros(len(variables)), bounds=Bounds(fixed, upper),
                        constraints=constraint)
@@ -254,13 +261,23 @@ def solve(graph: TrainingGraph, costs: DeviceCosts, options: SolveOptions) -> So
             raise InfeasibleSchedule(f"no schedule fits {options.memory_budget} bytes and "
                                      f"{options.time_budget} s (the LP relaxation is infeasible)")
         plan = _rounded(graph, variables, relaxed.x, costs, options)
-        value = plan.objective(graph, costs, options.objective)
-        return Solution(plan, "feasible", value, (value - relaxed.fun) / value if value else 0.0,
-                        time.perf_counter() - started, "lp-rounding", len(variables), len(rows.lower))
-    plan = _plan(graph, variables, result.x)
-    gap = 0.0 if result.status == 0 else float(getattr(result, "mip_gap", float("nan")))
-    return Solution(plan, "optimal" if result.status == 0 else "feasible", float(result.fun), gap,
-                    time.perf_counter() - started, method, len(variables), len(rows.lower))
+        if plan.objective(graph, costs, "time") > options.time_budget:
+            raise InfeasibleSchedule(f"the solver found no schedule in {options.time_limit} s, and "
+                                     "rounding its relaxation went over the time budget")
+        return _solution(graph, costs, options, plan, "feasible", relaxed.fun * scale, started,
+                         "lp-rounding", len(variables), len(rows.lower))
+    plan = _plan(graph, variables, result.x).without_unread_page_outs()
+    bound = float(result.fun) if result.status == 0 else float(getattr(result, "mip_dual_bound", result.fun))
+    return _solution(graph, costs, options, plan, "optimal" if result.status == 0 else "feasible",
+                     bound * scale, started, "milp", len(variables), len(rows.lower))
+
+
+def _solution(graph: TrainingGraph, costs: DeviceCosts, options: SolveOptions, plan: Plan, status: str,
+              bound: float, started: float, method: str, variables: int, constraints: int) -> Solution:
+    """The plan's own cost, and its gap to the solver's lower bound."""
+    value = plan.objective(graph, costs, options.objective)
+    gap = 0.0 if status == "optimal" or not value else max(0.0, (value - bound) / value)
+    return Solution(plan, status, value, gap, time.perf_counter() - started, method, variables, constraints)
 
 
 def _chosen(variables: _Variables, x: np.ndarray, kind: str, t: int, i: int) -> bool:

@@ -110,6 +110,13 @@ class Plan:
         events += [(Event.FREE, node) for node in sorted(ram)]
         return cls(graph.fingerprint(), len(graph), tuple(events))
 
+    def without_unread_page_outs(self) -> Plan:
+        """The plan less the page-outs nothing pages in again: a solver stopped short of optimal
+        leaves some, and each costs a write for nothing."""
+        read = {node for kind, node in self.events if kind is Event.PAGE_IN}
+        events = tuple(e for e in self.events if not (e[0] is Event.PAGE_OUT and e[1] not in read))
+        return Plan(self.fingerprint, self.node_count, events) if len(events) < len(self.events) else self
+
     def simulate(self, graph: TrainingGraph) -> Simulation:
         self._check_graph(graph)
         sizes = [node.size_bytes for node in graph.nodes]
