@@ -120,8 +120,10 @@ def configure_logging(level: str, log_format: str) -> None:
 
 # ------------------------------------------------------------------ signals
 @contextlib.contextmanager
-def captured_signals(should_exit: threading.Event, force_exit: threading.Event) -> Iterator[None]:
-    """SIGINT/SIGTERM set ``should_exit`` (a graceful stop); a second one sets ``force_exit``.
+def captured_signals(should_exit: threading.Event, force_exit: threading.Event,
+                     reload: threading.Event | None = None) -> Iterator[None]:
+    """SIGINT/SIGTERM set ``should_exit`` (a graceful stop); a second one sets ``force_exit``;
+    SIGHUP sets ``reload``, when given.
 
     Neither raises inside the interrupted code, so what is in flight is answered
     or cancelled with a reply, and the closing of sockets and ports always runs:
@@ -133,6 +135,12 @@ def captured_signals(should_exit: threading.Event, force_exit: threading.Event) 
         yield  # signals can only be caught on the main thread
         return
     originals = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    hangup = signal.getsignal(signal.SIGHUP) if reload is not None else None
+
+    def handle_hangup(signum: int, frame: FrameType | None) -> None:
+        log.info("received SIGHUP: reloading")
+        assert reload is not None
+        reload.set()
 
     def handle(signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
@@ -149,11 +157,15 @@ def captured_signals(should_exit: threading.Event, force_exit: threading.Event) 
 
     for sig in originals:
         signal.signal(sig, handle)
+    if reload is not None:
+        signal.signal(signal.SIGHUP, handle_hangup)
     try:
         yield
     finally:
         for sig, original in originals.items():
             signal.signal(sig, original)
+        if reload is not None:
+            signal.signal(signal.SIGHUP, hangup)
 
 
 # ------------------------------------------------------------------ metrics
@@ -194,6 +206,7 @@ class Daemon:
         self.metrics = metrics or DaemonMetrics()
         self.should_exit = threading.Event()
         self.force_exit = threading.Event()
+        self.reload_requested = threading.Event()  # SIGHUP, or reload_later()
         self.started = threading.Event()
         self.load_error: BaseException | None = None
         self.metrics_port = -1
@@ -204,6 +217,14 @@ class Daemon:
 
     def serve_step(self) -> None:
         raise NotImplementedError
+
+    def reload(self) -> None:
+        """Re-read what can change while serving; by default nothing can."""
+        log.info("%s has nothing to reload", type(self).__name__)
+
+    def reload_later(self) -> None:
+        """Ask the serving loop to reload, as SIGHUP does (for a daemon in a thread)."""
+        self.reload_requested.set()
 
     def drain_step(self) -> bool:
         return False
@@ -217,7 +238,7 @@ class Daemon:
     def run(self) -> int:
         """Load, serve until asked to stop, shut down in stages. Returns the exit code."""
         # Handlers first: a SIGTERM while the model loads must still stop us gracefully.
-        with captured_signals(self.should_exit, self.force_exit):
+        with captured_signals(self.should_exit, self.force_exit, self.reload_requested):
             try:
                 self.load()
             except BaseException as exc:
@@ -228,10 +249,19 @@ class Daemon:
                 self.started.set()  # on failure too: waiters must not hang
             try:
                 while not self.should_exit.is_set():
+                    if self.reload_requested.is_set():
+                        self.reload_requested.clear()
+                        self._reload()
                     self.serve_step()
             finally:
                 self._shut_down()
         return 0
+
+    def _reload(self) -> None:
+        try:
+            self.reload()
+        except Exception:  # a bad new setting must not stop what serves now
+            log.exception("reload failed; serving on as before")
 
     def _shut_down(self) -> None:
         deadline = time.monotonic() + self.config.shutdown_timeout_s

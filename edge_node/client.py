@@ -63,6 +63,7 @@ class Prediction:
     # uplink's serialisation and delay; else 0), round_trip (transmit included) and merge.
     timings_ms: dict[str, float] = field(default_factory=dict)
     stages_ms: dict[str, float] = field(default_factory=dict)
+    model_hash: str = ""  # the model version that answered (this client's when it answered alone)
 
 
 class LinkEstimator:
@@ -135,6 +136,20 @@ class EdgeClient:
             self._transport = emulated(transport, link, seed)
             self._requester = Requester(self._transport, timeout=timeout_s, attempts=1)
 
+    def switch_model(self, model: str) -> None:
+        """Run ``model`` from the next request on (a rollout). It loads first, so a bad file
+        changes nothing; a request in flight finishes, merged, with the version it was encoded
+        with, because a request holds the lock from encoding to merging."""
+        checkpoint = load_checkpoint(model)
+        built, codec = checkpoint.build_model(), FeatureCodec(checkpoint.codec)
+        old = self.model.config
+        if (built.config.in_channels, built.config.image_size) != (old.in_channels, old.image_size):
+            raise ValueError(f"{model} takes other images than the model it would replace")
+        with self._lock:
+            self.model, self.codec = built, codec
+            self.model_hash = bytes.fromhex(checkpoint.model_hash)
+            self.num_classes = checkpoint.config.num_classes
+
     def infer(self, image: np.ndarray | torch.Tensor) -> Prediction:
         """Classify one image: (C, H, W), or (H, W) for a single-channel model; uint8 in
         [0, 255] or float in [0, 1]."""
@@ -195,6 +210,9 @@ class EdgeClient:
             error = ErrorReply.parse(message)
             return self._local(local, f"server:{error.code}", f"server: {error.code}: {error.reason}",
                                started, stages, *sizes)
+        if message.model_hash != self.model_hash:  # another version's answer must not be merged with ours
+            return self._local(local, "wrong-version", f"server: answered as {message.model_hash.hex()}, "
+                               f"asked as {self.model_hash.hex()}", started, stages, *sizes)
         reply = InferReply.parse(message) if message.type is MessageType.INFER_REPLY else None
         merged = self._merged(reply, local_logits)
         if reply is None or merged is None:
@@ -210,7 +228,8 @@ class EdgeClient:
                       merge=finished - received)
         return Prediction(int(merged.argmax()), merged, OFFLOADED, latency_ms=elapsed_ms,
                           bytes_up=len(wire), bytes_down=len(data), timings_ms=reply.timings.as_ms(),
-                          stages_ms={name: 1e3 * seconds for name, seconds in stages.items()})
+                          stages_ms={name: 1e3 * seconds for name, seconds in stages.items()},
+                          model_hash=message.model_hash.hex())
 
     def _merged(self, reply: InferReply | None, local_logits: torch.Tensor) -> np.ndarray | None:
         """The merged class probabilities from the reply, or None if it lacks what this client needs."""
@@ -236,7 +255,8 @@ class EdgeClient:
             stages["round_trip"] = now - sent
         return Prediction(int(probabilities.argmax()), probabilities, LOCAL_FALLBACK, reason, reason_code,
                           latency_ms=1e3 * (now - started), bytes_up=bytes_up, bytes_down=bytes_down,
-                          stages_ms={name: 1e3 * seconds for name, seconds in stages.items()})
+                          stages_ms={name: 1e3 * seconds for name, seconds in stages.items()},
+                          model_hash=self.model_hash.hex())
 
     def close(self) -> None:
         with self._lock:  # never under an infer() that is using the socket

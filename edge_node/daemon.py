@@ -10,6 +10,8 @@ staged shutdown and Prometheus metrics.
 
 from __future__ import annotations
 
+import dataclasses
+
 import io
 import json
 import logging
@@ -80,14 +82,26 @@ class EdgeNode(Daemon):
     """Stream mode. ``transport``: reach the server over it instead of ``config.server`` (the test seam)."""
 
     def __init__(self, config: EdgeConfig, emit: Callable[[Record], None] = _print_json,
-                 transport: MessageTransport | None = None) -> None:
+                 transport: MessageTransport | None = None,
+                 reloader: Callable[[], EdgeConfig] | None = None) -> None:
         self.metrics: EdgeMetrics = EdgeMetrics()
         super().__init__(config, self.metrics)
         self.config: EdgeConfig = config
         self.emit = emit
         self.predictions = 0
         self._transport = transport
+        self._reloader = reloader
         self._client: EdgeClient | None = None
+
+    def reload(self) -> None:
+        """SIGHUP: switch to the model the config names now (the rest of the config stays)."""
+        if self._reloader is None or self._client is None:
+            return
+        model = self._reloader().model
+        if model != self.config.model:
+            self._client.switch_model(model)
+            self.config = dataclasses.replace(self.config, model=model)
+            log.info("edge %s now runs %s (%s)", self.config.device_id, model, self._client.model_hash.hex())
 
     def load(self) -> None:
         config = self.config

@@ -15,6 +15,7 @@ from agilenn.pretrained import DEFAULT_MODEL
 @dataclass(frozen=True)
 class ServerConfig(DaemonConfig):
     model: str = DEFAULT_MODEL
+    models: str = ""  # more versions served beside model, comma-separated; SIGHUP re-reads the list
     bind: str = "tcp://127.0.0.1:5555"
     connect: str = ""  # a broker's backend: run as one of its workers instead of binding
     max_batch_size: int = 32
@@ -40,6 +41,12 @@ class ServerConfig(DaemonConfig):
         if bool(self.curve_secret_key) != bool(peer_key):
             needed = "curve_server_key" if self.connect else "curve_allowlist"
             raise ValueError(f"CURVE needs both curve_secret_key and {needed}")
+
+
+def served_specs(config: ServerConfig) -> list[str]:
+    """The model versions a server config names: ``model`` first, then ``models``."""
+    specs = [config.model, *(spec.strip() for spec in config.models.split(",") if spec.strip())]
+    return list(dict.fromkeys(specs))
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from agilenn.daemon import DaemonThread
@@ -22,9 +23,10 @@ class RemoteServer(DaemonThread):
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, bind: str = "tcp://127.0.0.1:0",
-                 transport: ServerTransport | None = None, **settings: Any) -> None:
+                 transport: ServerTransport | None = None,
+                 reloader: Callable[[], ServerConfig] | None = None, **settings: Any) -> None:
         self.config = ServerConfig(model=model, bind=bind, **settings)
-        self.server = Server(self.config, transport)
+        self.server = Server(self.config, transport, reloader)
         super().__init__(self.server, name="agilenn-remote-server")
 
     @property

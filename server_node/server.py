@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from transports.messages import (
     AdaptGradient,
     AdaptState,
     AdaptStep,
+    InferReply,
     InferRequest,
     Message,
     MessageType,
@@ -44,10 +46,11 @@ from transports.messages import (
 from transports.pipe import ServerTransport
 from transports.zmq_transport import ZmqServerTransport
 
-from .config import ServerConfig
+from .config import ServerConfig, served_specs
 from .metrics import ServerMetrics
 from .adaptation import Adaptation, AdaptationError
-from .served import ServedAgileNN, ServedModel, load_served_model
+from .served import ServedModel
+from .versions import Versions
 
 log = logging.getLogger("agilenn.server")
 
@@ -58,32 +61,57 @@ class _Pending:
     request: Message
     prepared: Any  # what the served model's prepare() made of the body
     arrived: float
+    served: ServedModel  # the version's: a version retired meanwhile still answers it
 
 
 class Server(Daemon):
-    """``transport``: serve on this instead of the socket the config names (the test seam)."""
+    """``transport``: serve on this instead of the socket the config names (the test seam).
+    ``reloader``: gives the config anew on SIGHUP (or :meth:`reload_later`); the versions it
+    names (``model`` and ``models``) are then served, the others retired."""
 
-    def __init__(self, config: ServerConfig, transport: ServerTransport | None = None) -> None:
+    def __init__(self, config: ServerConfig, transport: ServerTransport | None = None,
+                 reloader: Callable[[], ServerConfig] | None = None) -> None:
         self.metrics: ServerMetrics = ServerMetrics()
         super().__init__(config, self.metrics)
         self.config: ServerConfig = config
         self.endpoint = ""
         self.pending: list[_Pending] = []
         self._transport = transport
+        self._reloader = reloader
+        self.versions = Versions()
+        self.adaptations: dict[bytes, Adaptation] = {}
 
     def load(self) -> None:
         torch.set_num_threads(self.config.torch_threads)
-        self.served: ServedModel = load_served_model(self.config.model)
-        self.model_hash = self.served.model_hash
-        self.adaptation: Adaptation | None = None
-        if isinstance(self.served, ServedAgileNN) and self.config.adapt_sessions:
-            self.adaptation = Adaptation(self.served.checkpoint, self.config.adapt_sessions,
-                                         self.config.adapt_idle_s)
+        self._serve_versions(self.config)
         self.transport = self._transport or self._open_transport()
         self.endpoint = self.transport.bind()
         super().load()
-        log.info("serving %s on %s (batch %d, delay %d us)", self.served.description, self.endpoint,
+        log.info("serving %s on %s (batch %d, delay %d us)", self.versions.describe(), self.endpoint,
                  self.config.max_batch_size, self.config.max_queue_delay_us)
+
+    def _serve_versions(self, config: ServerConfig) -> None:
+        self.versions.update(served_specs(config))
+        primary = next(iter(self.versions.by_hash.values()))  # the config's ``model``: what PONG names
+        self.served: ServedModel = primary.served
+        self.model_hash = primary.model_hash
+        for retired in set(self.adaptations) - set(self.versions.by_hash):
+            del self.adaptations[retired]
+
+    def reload(self) -> None:
+        if self._reloader is None:
+            log.info("no config to reload: serving %s as before", self.versions.describe())
+            return
+        self._serve_versions(self._reloader())
+
+    def _adaptation(self, model_hash: bytes) -> Adaptation | None:
+        version = self.versions.get(model_hash)
+        if version is None or version.checkpoint is None or not self.config.adapt_sessions:
+            return None
+        if model_hash not in self.adaptations:
+            self.adaptations[model_hash] = Adaptation(version.checkpoint, self.config.adapt_sessions,
+                                                      self.config.adapt_idle_s)
+        return self.adaptations[model_hash]
 
     def _open_transport(self) -> ServerTransport:
         config = self.config
@@ -101,8 +129,9 @@ class Server(Daemon):
     def serve_step(self) -> None:
         # At most 0.1 s: a stop request is noticed that soon even while a batch waits.
         received = self.transport.recv(min(self._wait_time(), 0.1))
-        if self.adaptation is not None and self.adaptation.sessions:
-            self.adaptation.expire()
+        for adaptation in self.adaptations.values():
+            if adaptation.sessions:
+                adaptation.expire()
         if received is not None:
             self._accept(*received)
         full = len(self.pending) >= self.config.max_batch_size
@@ -161,13 +190,12 @@ class Server(Daemon):
             self._fail(identity, request, "unsupported", f"{request.type.name} is not served here")
             return
         self.metrics.requests.inc()
-        if request.model_hash != self.model_hash:
-            self._fail(identity, request, "model-mismatch",
-                       f"device model {request.model_hash.hex() or '(none)'} != server model "
-                       f"{self.model_hash.hex()}")
+        version = self.versions.get(request.model_hash)
+        if version is None:
+            self._fail(identity, request, "model-mismatch", self._not_served(request.model_hash))
             return
         try:
-            prepared = self.served.prepare(InferRequest.parse(request))
+            prepared = version.served.prepare(InferRequest.parse(request))
         except CodecError as exc:
             self._fail(identity, request, "bad-payload", str(exc))
             return
@@ -175,26 +203,31 @@ class Server(Daemon):
             log.exception("preparing a request from %s failed", request.device_id)
             self._fail(identity, request, "bad-payload", "the server could not decode this payload")
             return
-        self.pending.append(_Pending(identity, request, prepared, time.monotonic()))
+        self.pending.append(_Pending(identity, request, prepared, time.monotonic(), version.served))
+
+    def _not_served(self, model_hash: bytes) -> str:
+        state = "was retired" if model_hash in self.versions.retired else "is not served here"
+        served = ", ".join(h.hex() for h in self.versions.by_hash)
+        return f"device model {model_hash.hex() or '(none)'} {state}; this server serves {served}"
 
     def _adapt(self, identity: bytes, request: Message) -> None:
         """Split learning, answered at once: a step is one batch, and the device waits on it."""
-        if self.adaptation is None:
+        if self.versions.get(request.model_hash) is None:
+            self._fail(identity, request, "model-mismatch", self._not_served(request.model_hash))
+            return
+        adaptation = self._adaptation(request.model_hash)
+        if adaptation is None:
             self._fail(identity, request, "unsupported", "this server takes no adaptation (it serves a "
                        "baseline, or adapt_sessions is 0)")
-            return
-        if request.model_hash != self.model_hash:
-            self._fail(identity, request, "model-mismatch", f"adapting {request.model_hash.hex() or '(none)'}"
-                       f" on a server of {self.model_hash.hex()}")
             return
         self.metrics.adapt_requests.inc()
         try:
             if request.type is MessageType.ADAPT_STEP:
-                answer: AdaptGradient | AdaptState = self.adaptation.step(request.device_id,
-                                                                          AdaptStep.parse(request))
+                answer: AdaptGradient | AdaptState = adaptation.step(request.device_id,
+                                                                     AdaptStep.parse(request))
             else:
-                answer = self.adaptation.fetch(request.device_id, AdaptFetch.parse(request))
-            reply = answer.message(request.request_id, request.device_id, self.model_hash)
+                answer = adaptation.fetch(request.device_id, AdaptFetch.parse(request))
+            reply = answer.message(request.request_id, request.device_id, request.model_hash)
             data = encode_message(reply)
         except (ProtocolError, AdaptationError) as exc:
             self._fail(identity, request, exc.code, str(exc))
@@ -207,7 +240,7 @@ class Server(Daemon):
 
     def _run_batch(self, batch: list[_Pending]) -> None:
         started = time.monotonic()
-        results = self.served.run([item.prepared for item in batch])
+        results = self._results(batch)
         if len(results) != len(batch):  # checked before any reply goes out, so none is answered twice
             raise RuntimeError(f"the model gave {len(results)} results for a batch of {len(batch)}")
         compute = time.monotonic() - started
@@ -220,12 +253,27 @@ class Server(Daemon):
             timings = ServerTimings(round(1e6 * queued), compute_us, len(batch))
             try:  # per request: one invalid result fails only its own, and nothing is answered twice
                 reply = dataclasses.replace(result, timings=timings).message(
-                    item.request.request_id, item.request.device_id, self.model_hash)
+                    item.request.request_id, item.request.device_id, item.request.model_hash)
                 data = encode_message(reply)
             except Exception as exc:
                 self._fail(item.identity, item.request, "internal", f"the model's result is invalid: {exc}")
                 continue
             self._deliver(item.identity, data, reply)
+
+    def _results(self, batch: list[_Pending]) -> list[InferReply]:
+        """One forward pass a served model: versions that share a remote part share the pass."""
+        results: list[InferReply | None] = [None] * len(batch)
+        groups: dict[int, list[int]] = {}
+        for position, item in enumerate(batch):
+            groups.setdefault(id(item.served), []).append(position)
+        for positions in groups.values():
+            served = batch[positions[0]].served
+            answers = served.run([batch[p].prepared for p in positions])
+            if len(answers) != len(positions):
+                raise RuntimeError(f"the model gave {len(answers)} results for {len(positions)} requests")
+            for position, answer in zip(positions, answers, strict=True):
+                results[position] = answer
+        return [result for result in results if result is not None]
 
     def _fail(self, identity: bytes, request: Message, code: str, reason: str) -> None:
         self.metrics.failures.labels(reason=code).inc()

@@ -161,3 +161,12 @@ def test_the_thread_runner_reraises_a_crash_on_stop() -> None:
     with pytest.raises(RuntimeError, match="bug in serving"):
         runner.stop()
     assert runner.daemon.calls[-1] == "close"  # type: ignore[attr-defined]
+
+
+def test_sighup_asks_for_a_reload_and_the_handler_is_put_back() -> None:
+    should_exit, force_exit, reload = threading.Event(), threading.Event(), threading.Event()
+    before = signal.getsignal(signal.SIGHUP)
+    with captured_signals(should_exit, force_exit, reload):
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert reload.wait(2) and not should_exit.is_set()
+    assert signal.getsignal(signal.SIGHUP) is before

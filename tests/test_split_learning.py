@@ -149,7 +149,9 @@ def test_a_fetch_beyond_the_state_and_too_many_sessions_are_refused() -> None:
 
 def test_a_baseline_server_or_a_closed_one_refuses_adaptation() -> None:
     with RemoteServer("pretrained:mnist-full-cnn") as baseline:
-        assert _error_code(ask(baseline, _step(0).message(1, "dev-e", HASH))) == "unsupported"
+        assert _error_code(ask(baseline, _step(0).message(1, "dev-e", HASH))) == "model-mismatch"
+        ours = baseline.server.model_hash
+        assert _error_code(ask(baseline, _step(0).message(2, "dev-e", ours))) == "unsupported"
     with RemoteServer(adapt_sessions=0) as closed:
         assert _error_code(ask(closed, _step(0).message(1, "dev-e", HASH))) == "unsupported"
 

@@ -52,8 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"unknown link {config.link!r}; pick from {', '.join(sorted(PROFILES))}")
     except (OSError, ValueError) as exc:
         return fail(str(exc))
-    if not config.serial:
-        return run_daemon(EdgeNode(config))
+    if not config.serial:  # SIGHUP switches to the model the config names then (a rollout)
+        return run_daemon(EdgeNode(config, reloader=lambda: load_config(EdgeConfig, args)))
     gateway = GatewayNode(config)
     code = run_daemon(gateway)
     print(json.dumps(gateway.stats), flush=True)
