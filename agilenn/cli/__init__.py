@@ -18,6 +18,7 @@ COMMANDS = {
     "codec": ("agilenn.cli.codec", "retune a model's feature codec (zstd level, dictionary)"),
     "adapt": ("agilenn.cli.adapt", "adapt the device part to drifted data within a memory/time budget"),
     "schedule": ("agilenn.cli.schedule", "plan a training step within a memory budget (recompute, page)"),
+    "fleet": ("agilenn.cli.fleet", "fleet learning of the device part across devices, on Flower"),
     "server": ("agilenn.cli.server", "run the inference server daemon"),
     "broker": ("agilenn.cli.broker", "load-balance devices over server workers, with heartbeats"),
     "pair": ("agilenn.cli.pair", "pair an MCU over a serial port, optionally pushing weights"),

@@ -248,7 +248,7 @@ def solve(graph: TrainingGraph, costs: DeviceCosts, options: SolveOptions) -> So
     integrality[variables.continuous] = 0
     constraint = rows.constraint(len(variables))
     # Building counts too, and HiGHS stops a little after its limit.
-    left = max(0.1, 0.97 * (options.time_limit - (time.perf_counter() - started)))
+    left = max(1e-3, 0.97 * (options.time_limit - (time.perf_counter() - started)))
     result = milp(objective, integrality=integrality, bounds=Bounds(fixed, upper),
                   constraints=constraint, options={"time_limit": left, "disp": False, "mip_rel_gap": 1e-9})
     if result.status == 2:
