@@ -41,6 +41,7 @@ from transports.messages import (
     decode_message,
     encode_message,
 )
+from transports.errors import TransportError
 from transports.reliable import ReliableLink
 
 DEVICE_PART = ("extractor.", "local_predictor.", "quantizer.")
@@ -120,8 +121,22 @@ class PairingHost:
         self.link.send(encode_message(message), timeout=self.timeout)
 
 
+@dataclass(frozen=True)
+class Slot:
+    """One of the device's two weight slots: the device part's bytes and their model hash."""
+
+    weights: bytes
+    model_hash: bytes
+
+
 class McuSimulator:
-    """The device side, written the way firmware would be: one fixed staging buffer."""
+    """The device side, written the way firmware would be: one fixed staging buffer and A/B slots.
+
+    A push lands in the staging buffer; only once it is whole, its CRCs and SHA-256 check out
+    and the commit is acknowledged does the other slot take it and become the active one. The
+    previous version stays in the first slot: a push that fails or a link that drops midway
+    leaves the device running what it ran, and :meth:`rollback` goes back to the previous one.
+    """
 
     STAGING_BYTES = 64 * 1024
 
@@ -129,9 +144,21 @@ class McuSimulator:
         self.link = link
         self.device_id = device_id
         self.firmware = firmware
-        self.model_hash = model_hash
-        self.weights = b""
+        self.slots = [Slot(b"", model_hash), Slot(b"", model_hash)]
+        self.active = 0
         self._staging = bytearray(self.STAGING_BYTES)
+
+    @property
+    def model_hash(self) -> bytes:
+        return self.slots[self.active].model_hash
+
+    @property
+    def weights(self) -> bytes:
+        return self.slots[self.active].weights
+
+    def rollback(self) -> None:
+        """Run the previous version again (the other slot)."""
+        self.active = 1 - self.active
 
     def pair(self, timeout: float = 10.0) -> tuple[bool, str]:
         hello = Hello(self.firmware).message(1, self.device_id, self.model_hash)
@@ -139,11 +166,15 @@ class McuSimulator:
         message, reply = _receive(self.link, HelloReply, timeout)
         if not reply.accepted or not reply.update_chunks:
             return bool(reply.accepted), reply.reason
-        ok, reason, used = self._receive_image(reply.update_chunks, timeout)
-        commit = CommitReply(ok, reason).message(1, self.device_id, message.model_hash)
-        self.link.send(encode_message(commit), timeout=timeout)
+        try:
+            ok, reason, used = self._receive_image(reply.update_chunks, timeout)
+            commit = CommitReply(ok, reason).message(1, self.device_id, message.model_hash)
+            self.link.send(encode_message(commit), timeout=timeout)
+        except (PairingError, TransportError) as exc:  # the link dropped mid-push: keep what runs
+            return False, f"push interrupted, still running {self.model_hash.hex()}: {exc}"
         if ok:
-            self.weights, self.model_hash = bytes(self._staging[:used]), message.model_hash
+            self.slots[1 - self.active] = Slot(bytes(self._staging[:used]), message.model_hash)
+            self.active = 1 - self.active
         return ok, reason
 
     def infer(self, model: AgileNN, codec: FeatureCodec, image: Tensor, request_id: int,

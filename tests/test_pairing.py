@@ -10,6 +10,7 @@ import pytest
 from agilenn.pretrained import load_pretrained
 from edge_node.pairing import McuSimulator, PairingHost, PairingRecord, device_part_bytes
 from transports.arq import ArqConfig
+from transports.errors import TransportError
 from transports.reliable import ReliableLink
 from transports.serial_pipe import SerialPipe, open_pty
 
@@ -125,3 +126,48 @@ def test_pair_cli_with_the_mcu_simulator_process(tmp_path: pytest.TempPathFactor
     recorded = json.loads(registry.read_text())["mcu-cli"]
     assert recorded["accepted"] and recorded["updated"] and recorded["firmware"] == "0.1.0"
     assert json.loads(capsys.readouterr().out)["device_id"] == "mcu-cli"
+
+
+def test_a_push_keeps_the_previous_version_in_the_other_slot_for_a_rollback(
+    cable: tuple[ReliableLink, ReliableLink]
+) -> None:
+    host_link, device_link = cable
+    device = McuSimulator(device_link, "mcu-ab", "1.0.0", bytes(8))
+    _pair(PairingHost(host_link, CHECKPOINT, push_weights=True), device)
+    assert device.model_hash.hex() == CHECKPOINT.model_hash and device.weights
+    device.rollback()
+    assert device.model_hash == bytes(8) and device.weights == b""  # the version it had before
+    device.rollback()
+    assert device.model_hash.hex() == CHECKPOINT.model_hash
+
+
+def test_a_link_that_drops_mid_push_leaves_the_device_on_its_version(
+    cable: tuple[ReliableLink, ReliableLink], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host_link, device_link = cable
+    sent: list[str] = []
+    real_send = PairingHost._send
+
+    def dropping(self: PairingHost, hello: object, body: object) -> None:
+        if len(sent) == 3:  # the HELLO_REPLY and two chunks made it; then the cable is pulled
+            raise TransportError("cable pulled")
+        sent.append(type(body).__name__)
+        real_send(self, hello, body)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(PairingHost, "_send", dropping)
+    device = McuSimulator(device_link, "mcu-drop", "1.0.0", bytes(8))
+    errors: list[BaseException] = []
+
+    def host() -> None:
+        try:
+            PairingHost(host_link, CHECKPOINT, push_weights=True).pair_one(wait=10)
+        except TransportError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=host)
+    thread.start()
+    accepted, reason = device.pair(timeout=2)
+    thread.join()
+    assert sent == ["HelloReply", "WeightChunk", "WeightChunk"] and errors
+    assert not accepted and "push interrupted" in reason
+    assert device.model_hash == bytes(8) and device.weights == b""  # still the old version
