@@ -48,7 +48,7 @@ def test_the_fleet_command_runs_flower_rounds_and_rejects_the_poisoned_device(
     monkeypatch.setattr("agilenn.cli.fleet.load_dataset", lambda name, split, data_dir=None: SAMPLE)
     out = tmp_path / "fleet.json"  # type: ignore[operator]
     assert main(["fleet", "--devices", "4", "--rounds", "2", "--train-per-device", "32",
-                 "--test-per-device", "40", "--poisoned", "1", "--json", str(out)]) == 0
+                 "--test-per-device", "40", "--poisoned", "1", "--personalize", "1", "--json", str(out)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report == json.loads(out.read_text())
     assert {"fleet_accuracy", "alone_accuracy", "no_adaptation_accuracy", "centralised_accuracy",
@@ -57,6 +57,7 @@ def test_the_fleet_command_runs_flower_rounds_and_rejects_the_poisoned_device(
     assert [r["device"] for r in report["rejected_updates"]] == ["device-0", "device-0"]
     assert all("median" in r["reason"] for r in report["rejected_updates"])
     assert report["bytes_per_device_round"] == report["full_update_bytes"]
+    assert 0 < report["fleet_personalized_accuracy"] <= 1 and report["personalize_epochs"] == 1
 
 
 def test_a_fleet_server_and_two_client_processes_learn_across_processes(

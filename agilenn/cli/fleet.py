@@ -12,6 +12,8 @@ data is the same seeded fleet on every host). Prints one JSON object: the mean
 per-device accuracy of the fleet's model, of each device adapting alone, of
 no adaptation and of centralised training on the pooled adaptation data, the
 bytes a device sends a round, and every rejected update with its reason.
+``--personalize E`` also reports the fleet's model after each device fine-tunes
+it for E epochs on its own samples (personalised federated learning).
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-per-device", type=int, default=200)
     parser.add_argument("--test-per-device", type=int, default=300)
     parser.add_argument("--no-baselines", action="store_true", help="skip alone and centralised training")
+    parser.add_argument("--personalize", type=int, default=0, metavar="EPOCHS",
+                        help="also report each device fine-tuning the fleet's model for EPOCHS")
     place = parser.add_mutually_exclusive_group()
     place.add_argument("--serve", metavar="HOST:PORT",
                        help="run only the Flower server here; --devices clients join it with --join")
@@ -140,6 +144,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                              for r, rejection in aggregator.rejected],
         "fleet_seconds": round(fleet_seconds, 1),
     }
+    if args.personalize:
+        # Each device fine-tunes the fleet's model on its own samples: the fleet gives the start.
+        shared = _with_state(model, names, strategy.current)
+        tuned = AdaptConfig(**{**config.__dict__, "epochs": args.personalize})
+        report["personalize_epochs"] = args.personalize
+        personal = [apply_deltas(shared, dict(local_update(shared, device, selection, tuned).deltas))
+                    for device in fleet]
+        report["fleet_personalized_accuracy"] = mean_accuracy(personal, fleet)
     if not args.no_baselines:
         report.update(_baselines(model, fleet, selection, config, args))
     print_json(report)
