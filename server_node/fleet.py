@@ -52,7 +52,11 @@ class SparseFleetAverage(FedAvg):  # type: ignore[misc]
         for _, fit in results:
             device = str(fit.metrics.get("device", "unknown"))
             arrays = parameters_to_ndarrays(fit.parameters)
-            update = arrays_to_update(device, fit.num_examples, arrays, self.names)
+            try:
+                update = arrays_to_update(device, fit.num_examples, arrays, self.names)
+            except ValueError as exc:
+                self.aggregator.refuse(server_round, device, str(exc))
+                continue
             updates.append(update)
             record.update_bytes.append(update_bytes(update))
         for failure in failures:

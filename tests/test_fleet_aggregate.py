@@ -8,7 +8,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agilenn.fleet.aggregate import Aggregator, Update, average, update_bytes
+from agilenn.fleet.aggregate import (
+    Aggregator,
+    Update,
+    arrays_to_update,
+    average,
+    update_bytes,
+    update_to_arrays,
+)
 
 SHAPES = {"weight": (2, 3), "bias": (2,)}
 
@@ -80,3 +87,15 @@ def test_a_sparse_update_carries_a_quarter_of_the_bytes_or_less() -> None:
     assert update_bytes(_update("c", 1, 1.0, mask=leading)) == 8 + 2
     with pytest.raises(ValueError):
         Aggregator(SHAPES, absent="sometimes")
+
+
+def test_arrays_travel_and_come_back_as_the_same_update_and_a_short_list_is_refused() -> None:
+    first_column = np.zeros((2, 3), bool)
+    first_column[:, 0] = True
+    sent = _update("a", 7, 0.5, bias=2.0, mask=first_column)
+    arrays = update_to_arrays(sent, ["weight", "bias"], SHAPES)
+    back = arrays_to_update("a", 7, arrays, ["weight", "bias"])
+    assert set(back.deltas) == {"weight", "bias"} and np.array_equal(back.masks["weight"], first_column)
+    assert "bias" not in back.masks  # wholly updated
+    with pytest.raises(ValueError, match="3 arrays, not a delta and a mask for each of 2 tensors"):
+        arrays_to_update("a", 7, arrays[:3], ["weight", "bias"])

@@ -26,9 +26,14 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
-from .curve import CurveClientConfig, CurveServerConfig, configure_client, configure_server
+from .curve import (
+    CurveClientConfig,
+    CurveServerConfig,
+    configure_client,
+    configure_server,
+    start_authenticator,
+)
 from .emulator import LinkProfile, emulated
-from .curve import start_authenticator
 from .errors import (
     ConnectionDropped,
     DeliveryFailed,

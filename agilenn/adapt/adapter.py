@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from ..config import TrainConfig
@@ -162,7 +162,7 @@ def _split_step(adapted: AgileNN, config: TrainConfig) -> SplitStep:
 
 
 def _scheduled_step(adapted: AgileNN, plan: Plan, images: Tensor, labels: Tensor, peer: SplitPeer | None,
-                    config: TrainConfig, executor: Executor) -> float:
+                    config: TrainConfig, executor: Executor, parameters: dict[str, nn.Parameter]) -> float:
     """One step run by the memory scheduler's plan: a forward without gradients gives the server
     its features, then the plan runs the split objective with the server's answer as inputs."""
     with torch.no_grad():
@@ -174,7 +174,6 @@ def _scheduled_step(adapted: AgileNN, plan: Plan, images: Tensor, labels: Tensor
         answer = peer.step(features, local_logits, labels)
         feature_gradient, logit_gradient, server_loss = answer.features, answer.local_logits, answer.loss
     execution = executor.run(plan, images, labels, feature_gradient, logit_gradient)
-    parameters = dict(DevicePart(adapted).named_parameters())
     for name, gradient in execution.gradients.items():
         parameters[name].grad = gradient
     return execution.loss + server_loss
@@ -205,6 +204,7 @@ def train_selection(model: AgileNN, selection: Selection, train_set: ImageDatase
         _mask_remote_rows(part)
     optimizer = make_optimizer([p for p in adapted.parameters() if p.requires_grad], config.optimizer,
                                config.lr)
+    parameters = dict(part.named_parameters())  # where a scheduled step puts its gradients
     generator = torch.Generator().manual_seed(config.seed)
     last_start = len(train_set) - (config.batch_size if plan is not None else 1)
     steps = epochs * (last_start // config.batch_size + 1)
@@ -215,7 +215,8 @@ def train_selection(model: AgileNN, selection: Selection, train_set: ImageDatase
                 images, labels = train_set.batch(order[start:start + config.batch_size])
                 optimizer.zero_grad(set_to_none=True)
                 if plan is not None and executor is not None:
-                    loss = _scheduled_step(adapted, plan, images, labels, peer, config.training, executor)
+                    loss = _scheduled_step(adapted, plan, images, labels, peer, config.training, executor,
+                                           parameters)
                 else:
                     objective, loss = split_objective(adapted, images, labels, peer, config.training)
                     objective.backward()

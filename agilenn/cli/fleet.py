@@ -19,6 +19,7 @@ it for E epochs on its own samples (personalised federated learning).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import socket
@@ -88,7 +89,7 @@ def _free_port() -> int:
 
 
 def _with_state(model: AgileNN, names: list[str], arrays: list[np.ndarray]) -> AgileNN:
-    moved = apply_deltas(model, {})
+    moved = copy.deepcopy(model)
     load_device_state(moved, names, arrays)
     return moved
 
@@ -127,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fraction_fit=1.0 - args.dropout, min_fit_clients=max(1, round((1 - args.dropout) * args.devices)),
         min_available_clients=args.devices, fraction_evaluate=0.0, min_evaluate_clients=0)
     started = time.perf_counter()
-    clients = [] if args.serve else [FleetClient(apply_deltas(model, {}), device, selection, config,
+    clients = [] if args.serve else [FleetClient(copy.deepcopy(model), device, selection, config,
                                                  poison=100.0 if index < args.poisoned else 0.0)
                                      for index, device in enumerate(fleet)]
     _run_flower(strategy, clients, args.rounds, args.serve or f"127.0.0.1:{_free_port()}")

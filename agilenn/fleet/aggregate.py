@@ -73,9 +73,13 @@ class Aggregator:
                          if device not in present and device in self.last]
         return average(accepted, self.shapes)
 
+    def refuse(self, round_number: int, device: str, reason: str) -> None:
+        """Record an update refused before it could be read as one (its arrays did not add up)."""
+        log.warning("round %d: rejected the update of %s: %s", round_number, device, reason)
+        self.rejected.append((round_number, Rejection(device, reason)))
+
     def _reject(self, round_number: int, update: Update, reason: str) -> bool:
-        log.warning("round %d: rejected the update of %s: %s", round_number, update.device, reason)
-        self.rejected.append((round_number, Rejection(update.device, reason)))
+        self.refuse(round_number, update.device, reason)
         return False
 
     def _check(self, round_number: int, update: Update) -> bool:
@@ -163,9 +167,10 @@ def update_to_arrays(update: Update, names: list[str], shapes: Mapping[str, tupl
 
 
 def arrays_to_update(device: str, samples: int, arrays: list[np.ndarray], names: list[str]) -> Update:
-    """The update a client's arrays describe; shapes are not trusted here (the aggregator checks)."""
+    """The update a client's arrays describe; shapes are not trusted here (the aggregator checks).
+    ValueError when there are not two arrays, a delta and a mask, for each tensor."""
     if len(arrays) != 2 * len(names):
-        return Update(device, samples, {"<arrays>": np.zeros(len(arrays))})  # refused: unknown tensor
+        raise ValueError(f"{len(arrays)} arrays, not a delta and a mask for each of {len(names)} tensors")
     deltas, masks = {}, {}
     for index, name in enumerate(names):
         delta, mask = arrays[2 * index], arrays[2 * index + 1].astype(bool)

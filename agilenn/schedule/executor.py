@@ -103,6 +103,17 @@ class Executor:
         self.operations = [operations[node.fx_name] for node in graph.nodes]
         self.index = {node.fx_name: node.index for node in graph.nodes if not node.backward}
         self.backward_of = {graph.forward_of[b]: b for b in graph.forward_of}
+        self.loss_node = max(self.index.values())
+        # For each forward node, where its output's gradient comes from: (the backward node of
+        # a consumer, the position of this node among that consumer's inputs).
+        self.gradient_sources: dict[int, list[tuple[int, int]]] = {i: [] for i in self.index.values()}
+        for consumer in self.operations[:len(self.index)]:  # the forward operations, once each
+            backward = self.backward_of.get(self.index[consumer.name])
+            if backward is None:
+                continue
+            for position, argument in enumerate(consumer.all_input_nodes):
+                if argument.name in self.index:
+                    self.gradient_sources[self.index[argument.name]].append((backward, position))
 
     def run(self, plan: Plan, *inputs: Tensor, folder: Path | None = None) -> Execution:
         """Run ``plan`` on the step's inputs (for a training step: images and labels)."""
@@ -123,7 +134,7 @@ class Executor:
             if kind is Event.COMPUTE:
                 value = self._backward(node, ram, inputs, gradients) if self.graph.nodes[node].backward \
                     else self._forward(node, ram, inputs)
-                if node == self._loss_node():
+                if node == self.loss_node:
                     loss = float(value)  # type: ignore[arg-type]
                 ram[node] = value
                 live += _size(value)
@@ -137,9 +148,6 @@ class Executor:
             peak = max(peak, live)
         return Execution(loss, {name.removeprefix("model."): g for name, g in gradients.items()},
                          self.graph.resident_bytes + peak, store.read, store.written)
-
-    def _loss_node(self) -> int:
-        return max(node.index for node in self.graph.nodes if not node.backward)
 
     def _arguments(self, operation: fx.Node, ram: dict[int, Value], inputs: dict[str, Tensor],
                    leaves: dict[str, Tensor] | None = None) -> tuple[Any, Any]:
@@ -202,23 +210,17 @@ class Executor:
 
     def _output_gradient(self, forward: int, ram: dict[int, Value]) -> Tensor:
         """The gradient of a forward node's output: what its consumers' backward nodes returned."""
-        if forward == self._loss_node():
+        if forward == self.loss_node:
             return torch.ones(())
         total: Tensor | None = None
-        name = self.graph.nodes[forward].fx_name
-        for consumer in self.operations[:len(self.index)]:  # the forward operations, once each
-            if self.index[consumer.name] in self.backward_of:
-                arguments = consumer.all_input_nodes
-                for position, argument in enumerate(arguments):
-                    if argument.name != name:
-                        continue
-                    returned = ram[self.backward_of[self.index[consumer.name]]]
-                    assert isinstance(returned, tuple)
-                    part = returned[position]
-                    if part is not None:
-                        total = part if total is None else total + part
+        for backward, position in self.gradient_sources[forward]:
+            returned = ram[backward]
+            assert isinstance(returned, tuple)
+            part = returned[position]
+            if part is not None:
+                total = part if total is None else total + part
         if total is None:
-            raise ValueError(f"no gradient reached {name}")
+            raise ValueError(f"no gradient reached {self.graph.nodes[forward].fx_name}")
         return total
 
     def _parameters(self, operation: fx.Node) -> list[tuple[str, torch.nn.Parameter]]:

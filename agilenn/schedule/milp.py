@@ -260,7 +260,7 @@ def solve(graph: TrainingGraph, costs: DeviceCosts, options: SolveOptions) -> So
         if relaxed.x is None:
             raise InfeasibleSchedule(f"no schedule fits {options.memory_budget} bytes and "
                                      f"{options.time_budget} s (the LP relaxation is infeasible)")
-        plan = _rounded(graph, variables, relaxed.x, costs, options)
+        plan = _rounded(graph, variables, relaxed.x, options)
         if plan.objective(graph, costs, "time") > options.time_budget:
             raise InfeasibleSchedule(f"the solver found no schedule in {options.time_limit} s, and "
                                      "rounding its relaxation went over the time budget")
@@ -295,8 +295,7 @@ def _plan(graph: TrainingGraph, variables: _Variables, x: np.ndarray) -> Plan:
         for t in range(size)])
 
 
-def _rounded(graph: TrainingGraph, variables: _Variables, x: np.ndarray, costs: DeviceCosts,
-             options: SolveOptions) -> Plan:
+def _rounded(graph: TrainingGraph, variables: _Variables, x: np.ndarray, options: SolveOptions) -> Plan:
     """Checkmate's rounding: keep in RAM what the relaxation keeps at least half, in flash what
     it pages out at least half; recompute or page in the rest as needed."""
     size = len(graph)
@@ -307,8 +306,7 @@ def _rounded(graph: TrainingGraph, variables: _Variables, x: np.ndarray, costs: 
     def to_flash(t: int, i: int) -> bool:
         return t + 1 < size and _chosen(variables, x, "F", t + 1, i)
 
-    plan = plan_from_keep(graph, keep, to_flash if options.allow_paging else None,
-                          options.memory_budget, costs)
+    plan = plan_from_keep(graph, keep, to_flash if options.allow_paging else None, options.memory_budget)
     if plan is None:
         raise InfeasibleSchedule("the solver found no schedule in its time limit and rounding its "
                                  "relaxation did not fit the memory budget")

@@ -200,13 +200,11 @@ def needed_after(graph: TrainingGraph) -> list[int]:
 
 
 def plan_from_keep(graph: TrainingGraph, keep: Callable[[int, int], bool],
-                   to_flash: Callable[[int, int], bool] | None, memory_budget: int,
-                   costs: DeviceCosts) -> Plan | None:
+                   to_flash: Callable[[int, int], bool] | None, memory_budget: int) -> Plan | None:
     """A schedule from a keep-policy: ``keep(t, i)`` holds node ``i`` in RAM into stage ``t + 1``,
     ``to_flash(t, i)`` pages it out (None: no paging); what a stage lacks is paged in when in
     flash, else recomputed. A stage over ``memory_budget`` stops keeping its largest carried
     tensor (paging it instead when it may) and the plan is made again; None when nothing helps."""
-    del costs  # the policy, not the costs, decides; kept for one signature with the solver
     last = needed_after(graph)
     dropped: set[int] = set()
     for _ in range(len(graph) ** 2):

@@ -33,9 +33,9 @@ class Outcome:
     gap: float = 0.0
 
 
-def _heuristic(graph: TrainingGraph, costs: DeviceCosts, options: SolveOptions, name: str,
+def _heuristic(graph: TrainingGraph, options: SolveOptions, name: str,
                keep: Callable[[int, int], bool]) -> Outcome:
-    plan = plan_from_keep(graph, keep, None, options.memory_budget if name != "store-all" else 2**62, costs)
+    plan = plan_from_keep(graph, keep, None, options.memory_budget if name != "store-all" else 2**62)
     if plan is None:
         return Outcome(name, None, "infeasible")
     if name == "store-all" and plan.simulate(graph).peak_bytes > options.memory_budget:
@@ -45,12 +45,12 @@ def _heuristic(graph: TrainingGraph, costs: DeviceCosts, options: SolveOptions, 
 
 def run_strategy(name: str, graph: TrainingGraph, costs: DeviceCosts, options: SolveOptions) -> Outcome:
     if name == "store-all":
-        return _heuristic(graph, costs, options, name, lambda t, i: True)
+        return _heuristic(graph, options, name, lambda t, i: True)
     if name == "checkpoint-all":
         forward = [node.index for node in graph.nodes if not node.backward]
         every = max(1, math.ceil(math.sqrt(len(forward))))
         checkpoints = set(forward[::every]) | {node.index for node in graph.nodes if node.backward}
-        return _heuristic(graph, costs, options, name, lambda t, i: i in checkpoints)
+        return _heuristic(graph, options, name, lambda t, i: i in checkpoints)
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; pick one of {', '.join(STRATEGIES)}")
     variant = replace(options, allow_paging=name != "recompute-only", allow_recompute=name != "page-only")
