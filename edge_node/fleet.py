@@ -12,29 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 from flwr.client import NumPyClient
 
 from agilenn.adapt.adapter import AdaptConfig
-from agilenn.adapt.selection import DevicePart, Selection
-from agilenn.fleet.aggregate import Update, update_to_arrays
-from agilenn.fleet.devices import Device, local_update
+from agilenn.adapt.selection import Selection
+from agilenn.fleet.aggregate import scaled, update_to_arrays
+from agilenn.fleet.devices import Device, device_state, load_device_state, local_update
 from agilenn.model import AgileNN
-
-
-def device_state(model: AgileNN) -> tuple[list[str], dict[str, tuple[int, ...]], list[np.ndarray]]:
-    """The device part's parameter names (the wire order), shapes and values."""
-    parameters = dict(DevicePart(model).named_parameters())  # BatchNorm's statistics stay as shipped
-    names = list(parameters)
-    return names, {n: tuple(parameters[n].shape) for n in names}, \
-        [parameters[n].detach().numpy().copy() for n in names]
-
-
-def load_device_state(model: AgileNN, names: list[str], arrays: list[np.ndarray]) -> None:
-    state = DevicePart(model).state_dict()
-    with torch.no_grad():
-        for name, array in zip(names, arrays, strict=True):
-            state[name].copy_(torch.from_numpy(np.asarray(array)))
 
 
 class FleetClient(NumPyClient):  # type: ignore[misc]
@@ -52,6 +36,5 @@ class FleetClient(NumPyClient):  # type: ignore[misc]
         load_device_state(self.model, self.names, parameters)
         update = local_update(self.model, self.device, self.selection, self.config)
         if self.poison:
-            scaled = {name: delta * self.poison for name, delta in update.deltas.items()}
-            update = Update(update.device, update.samples, scaled, update.masks)
+            update = scaled(update, self.poison)
         return update_to_arrays(update, self.names, self.shapes), update.samples, {"device": self.device.name}

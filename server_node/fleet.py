@@ -11,61 +11,29 @@ absent devices skipped or reused. A client sends its update as
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from flwr.common import FitRes, Parameters, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
-from agilenn.fleet.aggregate import Aggregator, arrays_to_update, update_bytes
+from agilenn.fleet.rounds import FleetModel, Received
 
 log = logging.getLogger("agilenn.fleet")
 
 
-@dataclass
-class RoundRecord:
-    round: int
-    clients: int
-    update_bytes: list[int] = field(default_factory=list)  # each update received, as a compact wire form
-    accuracy: float | None = None
-
-
 class SparseFleetAverage(FedAvg):  # type: ignore[misc]
-    """FedAvg's round management with our aggregation; ``evaluate_global(state)`` scores each new
-    global device part (mean accuracy over the devices' own test sets)."""
+    """FedAvg's round management, with :class:`FleetModel` aggregating and stepping each round."""
 
-    def __init__(self, initial: list[np.ndarray], names: list[str], aggregator: Aggregator, fleet: list[str],
-                 evaluate_global: Callable[[list[np.ndarray]], float] | None = None, **flower: Any) -> None:
-        super().__init__(initial_parameters=ndarrays_to_parameters(initial), **flower)
-        self.current = [array.copy() for array in initial]
-        self.names, self.aggregator, self.fleet = names, aggregator, fleet
-        self.evaluate_global = evaluate_global
-        self.records: list[RoundRecord] = []
+    def __init__(self, fleet_model: FleetModel, **flower: Any) -> None:
+        super().__init__(initial_parameters=ndarrays_to_parameters(fleet_model.current), **flower)
+        self.fleet_model = fleet_model
 
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
                       failures: list[Any]) -> tuple[Parameters | None, dict[str, Scalar]]:
-        record = RoundRecord(server_round, len(results))
-        updates = []
-        for _, fit in results:
-            device = str(fit.metrics.get("device", "unknown"))
-            arrays = parameters_to_ndarrays(fit.parameters)
-            try:
-                update = arrays_to_update(device, fit.num_examples, arrays, self.names)
-            except ValueError as exc:
-                self.aggregator.refuse(server_round, device, str(exc))
-                continue
-            updates.append(update)
-            record.update_bytes.append(update_bytes(update))
         for failure in failures:
             log.warning("round %d: a client failed: %s", server_round, failure)
-        averaged = self.aggregator.aggregate(server_round, updates, self.fleet)
-        for index, name in enumerate(self.names):
-            if name in averaged:
-                self.current[index] = self.current[index] + averaged[name]
-        if self.evaluate_global is not None:
-            record.accuracy = self.evaluate_global(self.current)
-        self.records.append(record)
-        return ndarrays_to_parameters(self.current), {"updates": len(updates)}
+        received = [Received(str(fit.metrics.get("device", "unknown")), fit.num_examples,
+                             parameters_to_ndarrays(fit.parameters)) for _, fit in results]
+        record = self.fleet_model.complete_round(server_round, received)
+        return ndarrays_to_parameters(self.fleet_model.current), {"updates": len(record.update_bytes)}

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,7 +13,6 @@ from agilenn.data import load_mnist_sample
 from agilenn.fleet.aggregate import update_bytes
 from agilenn.fleet.devices import fleet_selection, local_update, make_fleet
 from agilenn.pretrained import load_checkpoint
-from tests.conftest import mnist_dir
 
 SAMPLE = load_mnist_sample()
 MODEL = load_checkpoint("pretrained:mnist").build_model()
@@ -58,28 +54,3 @@ def test_the_fleet_command_runs_flower_rounds_and_rejects_the_poisoned_device(
     assert all("median" in r["reason"] for r in report["rejected_updates"])
     assert report["bytes_per_device_round"] == report["full_update_bytes"]
     assert 0 < report["fleet_personalized_accuracy"] <= 1 and report["personalize_epochs"] == 1
-
-
-def test_a_fleet_server_and_two_client_processes_learn_across_processes(
-        capsys: pytest.CaptureFixture[str]) -> None:
-    data = ["--data-dir", str(mnist_dir()), "--devices", "2", "--rounds", "2", "--train-per-device", "32",
-            "--test-per-device", "32", "--no-baselines"]
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        address = f"127.0.0.1:{probe.getsockname()[1]}"
-    server = subprocess.Popen([sys.executable, "-m", "agilenn", "fleet", *data, "--serve", address],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    clients = [subprocess.Popen([sys.executable, "-m", "agilenn", "fleet", *data, "--join", address,
-                                 "--device-index", str(index)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL) for index in range(2)]
-    try:
-        output, _ = server.communicate(timeout=180)
-        assert server.returncode == 0 and all(client.wait(timeout=60) == 0 for client in clients)
-    finally:
-        for process in (server, *clients):
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    report = json.loads(output)
-    assert report["devices"] == 2 and len(report["accuracy_by_round"]) == 2
-    assert report["rejected_updates"] == []

@@ -6,9 +6,9 @@ our sparse-aware aggregation (:mod:`server_node.fleet`) and one Flower client a
 device (:mod:`edge_node.fleet`), over gRPC on loopback. Each round Flower
 samples ``1 - --dropout`` of the devices; absent ones are skipped or their
 last update reused (``--absent``). ``--poisoned N`` devices send updates scaled
-a hundredfold, which the server must reject. ``--serve`` runs the server alone
-and ``--join`` one device's client, for a fleet across machines (the devices'
-data is the same seeded fleet on every host). Prints one JSON object: the mean
+a hundredfold, which the server must reject. Across machines, run the same
+rounds under a Flower SuperLink with SuperNodes on the edge hosts (the
+``deploy/flower-fleet`` app; see the README). Prints one JSON object: the mean
 per-device accuracy of the fleet's model, of each device adapting alone, of
 no adaptation and of centralised training on the pooled adaptation data, the
 bytes a device sends a round, and every rejected update with its reason.
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from dataclasses import fields
 import json
 import logging
 import socket
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edge_node.fleet import FleetClient, device_state, load_device_state
+from edge_node.fleet import FleetClient
 from server_node.fleet import SparseFleetAverage
 
 from ..adapt.adapter import AdaptConfig, train_selection
@@ -40,43 +41,51 @@ from ..adapt.split import InProcessServer
 from ..data import ImageDataset, load_dataset
 from ..errors import AgileNNError
 from ..fleet.aggregate import ABSENT_POLICIES, Aggregator
+from ..fleet.rounds import FleetModel
+from ..fleet.settings import FleetSettings
 from ..fleet.devices import (
     FLEET_METHODS,
     apply_deltas,
+    device_state,
     fleet_selection,
+    load_device_state,
     local_update,
     make_fleet,
     mean_accuracy,
 )
 from ..model import AgileNN
-from ..pretrained import DEFAULT_MODEL, load_checkpoint
+from ..pretrained import load_checkpoint
 from .common import fail, print_json, write_atomically
+
+
+_DEPLOYMENT_ONLY = {"min_nodes", "node_wait_s", "report"}  # a SuperLink run's settings, not this command's
+_HELP = {
+    "model": "the model whose device part the fleet adapts",
+    "devices": "devices in the fleet", "dropout": "share of devices missing each round",
+    "absent": "what a missing device counts for: nothing (skip) or its last update (reuse, FedLaAvg)",
+    "method": "full: the whole device part; sparse: biases and a quarter of two layers' channels",
+    "server_lr": "the server's step on the mean update",
+    "server_momentum": "FedAvgM's server momentum (0: plain FedAvg)",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agilenn fleet", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=DEFAULT_MODEL)
+    defaults = FleetSettings()
+    for field in fields(FleetSettings):
+        if field.name in _DEPLOYMENT_ONLY:
+            continue
+        default = getattr(defaults, field.name)
+        choices = {"method": FLEET_METHODS, "absent": ABSENT_POLICIES}.get(field.name)
+        parser.add_argument("--" + field.name.replace("_", "-"), type=type(default), default=default,
+                            choices=choices,
+                            help=f"{_HELP.get(field.name, '')} (default: %(default)s)".strip())
     parser.add_argument("--data-dir", help="MNIST folder (default: $AGILENN_DATA)")
-    parser.add_argument("--devices", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--method", choices=FLEET_METHODS, default="full")
-    parser.add_argument("--absent", choices=ABSENT_POLICIES, default="skip")
-    parser.add_argument("--dropout", type=float, default=0.0, help="share of devices missing each round")
     parser.add_argument("--poisoned", type=int, default=0, help="devices sending poisoned updates")
-    parser.add_argument("--local-epochs", type=int, default=1)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--train-per-device", type=int, default=200)
-    parser.add_argument("--test-per-device", type=int, default=300)
     parser.add_argument("--no-baselines", action="store_true", help="skip alone and centralised training")
     parser.add_argument("--personalize", type=int, default=0, metavar="EPOCHS",
                         help="also report each device fine-tuning the fleet's model for EPOCHS")
-    place = parser.add_mutually_exclusive_group()
-    place.add_argument("--serve", metavar="HOST:PORT",
-                       help="run only the Flower server here; --devices clients join it with --join")
-    place.add_argument("--join", metavar="HOST:PORT", help="run only device --device-index's client")
-    parser.add_argument("--device-index", type=int, default=0, help="with --join: which device of the fleet")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the JSON here")
     parser.add_argument("--plot", type=Path, help="folder for accuracy by round")
     return parser
@@ -97,64 +106,52 @@ def _with_state(model: AgileNN, names: list[str], arrays: list[np.ndarray]) -> A
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.devices < 2 or args.rounds < 1 or not 0 <= args.dropout < 1 or args.poisoned >= args.devices:
-            raise ValueError("need 2+ devices, 1+ rounds, a dropout in [0, 1) and fewer poisoned "
-                             "than devices")
+        settings = FleetSettings(**{field.name: getattr(args, field.name) for field in fields(FleetSettings)
+                                    if field.name not in _DEPLOYMENT_ONLY})
+        if not 0 <= args.poisoned < settings.devices or args.personalize < 0:
+            raise ValueError("--poisoned must lie in [0, --devices) and --personalize be 0 or more")
         torch.set_num_threads(1)
-        model = load_checkpoint(args.model).build_model()
+        model = load_checkpoint(settings.model).build_model()
         train = load_dataset("mnist", "train", args.data_dir)
         test = load_dataset("mnist", "test", args.data_dir)
-        fleet = make_fleet(train, test, args.devices, args.train_per_device, args.test_per_device,
-                           seed=args.seed)
+        fleet = make_fleet(train, test, settings.devices, settings.train_per_device, settings.test_per_device,
+                           seed=settings.seed)
     except (AgileNNError, OSError, ValueError) as exc:
         return fail(str(exc))
     logging.getLogger("flwr").setLevel(logging.ERROR)  # its legacy API warns at every client start
-    config = AdaptConfig(method="full", epochs=args.local_epochs, lr=args.lr, seed=args.seed)
-    selection = fleet_selection(model, args.method)
-    if args.join:
-        if not 0 <= args.device_index < len(fleet):
-            return fail(f"--device-index must lie in [0, {len(fleet)})")
-        import flwr
-
-        client = FleetClient(model, fleet[args.device_index], selection, config,
-                             poison=100.0 if args.device_index < args.poisoned else 0.0)
-        flwr.client.start_client(server_address=args.join, client=client.to_client())
-        return 0
+    config = AdaptConfig(method="full", epochs=settings.local_epochs, lr=settings.lr, seed=settings.seed)
+    selection = fleet_selection(model, settings.method)
     names, shapes, initial = device_state(model)
-    aggregator = Aggregator(shapes, absent=args.absent)
+    fleet_model = FleetModel(names, initial, Aggregator(shapes, absent=settings.absent),
+                             [device.name for device in fleet],
+                             lambda arrays: mean_accuracy(_with_state(model, names, arrays), fleet),
+                             server_lr=settings.server_lr, server_momentum=settings.server_momentum)
     strategy = SparseFleetAverage(
-        initial, names, aggregator, [device.name for device in fleet],
-        lambda arrays: mean_accuracy(_with_state(model, names, arrays), fleet),
-        fraction_fit=1.0 - args.dropout, min_fit_clients=max(1, round((1 - args.dropout) * args.devices)),
-        min_available_clients=args.devices, fraction_evaluate=0.0, min_evaluate_clients=0)
+        fleet_model, fraction_fit=1.0 - settings.dropout,
+        min_fit_clients=max(1, round((1 - settings.dropout) * settings.devices)),
+        min_available_clients=settings.devices, fraction_evaluate=0.0, min_evaluate_clients=0)
     started = time.perf_counter()
-    clients = [] if args.serve else [FleetClient(copy.deepcopy(model), device, selection, config,
-                                                 poison=100.0 if index < args.poisoned else 0.0)
-                                     for index, device in enumerate(fleet)]
-    _run_flower(strategy, clients, args.rounds, args.serve or f"127.0.0.1:{_free_port()}")
-    fleet_seconds = time.perf_counter() - started
+    clients = [FleetClient(copy.deepcopy(model), device, selection, config,
+                           poison=100.0 if index < args.poisoned else 0.0)
+               for index, device in enumerate(fleet)]
+    _run_flower(strategy, clients, settings.rounds, f"127.0.0.1:{_free_port()}")
     report: dict[str, Any] = {
-        "devices": args.devices, "rounds": args.rounds, "method": args.method, "absent": args.absent,
-        "dropout": args.dropout, "poisoned": args.poisoned,
-        "fleet_accuracy": strategy.records[-1].accuracy,
+        **{key.replace("-", "_"): value for key, value in settings.to_run_config().items()
+           if key.replace("-", "_") not in _DEPLOYMENT_ONLY},
+        "poisoned": args.poisoned, **fleet_model.report(),
         "no_adaptation_accuracy": mean_accuracy(model, fleet),
-        "accuracy_by_round": [record.accuracy for record in strategy.records],
-        "bytes_per_device_round": float(np.mean([b for r in strategy.records for b in r.update_bytes])),
-        "full_update_bytes": 4 * sum(int(np.prod(shape)) for shape in shapes.values()),
-        "rejected_updates": [{"round": r, "device": rejection.device, "reason": rejection.reason}
-                             for r, rejection in aggregator.rejected],
-        "fleet_seconds": round(fleet_seconds, 1),
+        "fleet_seconds": round(time.perf_counter() - started, 1),
     }
     if args.personalize:
         # Each device fine-tunes the fleet's model on its own samples: the fleet gives the start.
-        shared = _with_state(model, names, strategy.current)
+        shared = _with_state(model, names, fleet_model.current)
         tuned = AdaptConfig(**{**config.__dict__, "epochs": args.personalize})
         report["personalize_epochs"] = args.personalize
         personal = [apply_deltas(shared, dict(local_update(shared, device, selection, tuned).deltas))
                     for device in fleet]
         report["fleet_personalized_accuracy"] = mean_accuracy(personal, fleet)
     if not args.no_baselines:
-        report.update(_baselines(model, fleet, selection, config, args))
+        report.update(_baselines(model, fleet, selection, config, settings))
     print_json(report)
     if args.json:
         write_atomically(args.json, (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
@@ -164,8 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_flower(strategy: SparseFleetAverage, clients: list[FleetClient], rounds: int, address: str) -> None:
-    """A Flower server at ``address`` and ``clients``, each in a thread (none: they join from
-    elsewhere, with ``agilenn fleet --join``)."""
+    """A Flower server at ``address`` and ``clients``, each in a thread."""
     import flwr
 
     def join(client: FleetClient) -> None:
@@ -185,9 +181,9 @@ def _run_flower(strategy: SparseFleetAverage, clients: list[FleetClient], rounds
 
 
 def _baselines(model: AgileNN, fleet: list[Any], selection: Any, config: AdaptConfig,
-               args: argparse.Namespace) -> dict[str, float]:
+               settings: FleetSettings) -> dict[str, float]:
     """Each device alone, and one model on the pooled adaptation data, for the same epochs."""
-    epochs = AdaptConfig(**{**config.__dict__, "epochs": args.rounds * args.local_epochs})
+    epochs = AdaptConfig(**{**config.__dict__, "epochs": settings.rounds * settings.local_epochs})
     alone = [apply_deltas(model, dict(local_update(model, device, selection, epochs).deltas))
              for device in fleet]
     pooled = ImageDataset("pooled", np.concatenate([d.train.images for d in fleet]),

@@ -38,6 +38,12 @@ class Update:
     masks: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
+def scaled(update: Update, factor: float) -> Update:
+    """``update`` with its deltas times ``factor``: how a broken or malicious device is drilled."""
+    return Update(update.device, update.samples,
+                  {name: delta * factor for name, delta in update.deltas.items()}, update.masks)
+
+
 @dataclass(frozen=True)
 class Rejection:
     device: str

@@ -14,6 +14,7 @@ sends the change of the tensors it updated, with masks for channel slices.
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,7 +53,10 @@ def _draw(dataset: ImageDataset, available: list[np.ndarray], weights: np.ndarra
 
 
 def make_fleet(train: ImageDataset, test: ImageDataset, devices: int, train_per_device: int = 200,
-               test_per_device: int = 300, alpha: float = 0.5, seed: int = 0) -> list[Device]:
+               test_per_device: int = 300, alpha: float = 0.5, seed: int = 0,
+               only: Collection[int] | None = None) -> list[Device]:
+    """The fleet, or with ``only`` those of its devices (the same ones: every device's draws are
+    made, so an edge host builds just the devices behind it)."""
     rng = np.random.default_rng(seed)
     pools = {name: [rng.permutation(np.flatnonzero(data.labels == c)) for c in range(data.num_classes)]
              for name, data in (("train", train), ("test", test))}
@@ -64,13 +68,16 @@ def make_fleet(train: ImageDataset, test: ImageDataset, devices: int, train_per_
         parts = []
         for split, data, count in (("train", train, train_per_device), ("test", test, test_per_device)):
             chosen = _draw(data, pools[split], weights, count, rng)
+            if only is not None and index not in only:
+                continue
             images = data.images[chosen].copy()
             half = count // 2
             images[:half] = corrupt(images[:half], corruptions[0], seed * 1000 + 2 * index)
             images[half:] = corrupt(images[half:], corruptions[1], seed * 1000 + 2 * index + 1)
             parts.append(ImageDataset(f"device-{index}:{split}", images, data.labels[chosen],
                                       data.num_classes))
-        fleet.append(Device(f"device-{index}", corruptions, parts[0], parts[1]))
+        if parts:
+            fleet.append(Device(f"device-{index}", corruptions, parts[0], parts[1]))
     return fleet
 
 
@@ -100,6 +107,21 @@ def local_update(model: AgileNN, device: Device, selection: Selection, config: A
             mask[:, :trained_channels(before[name].shape, ratio)] = True
             masks[name] = mask
     return Update(device.name, len(device.train), deltas, masks)
+
+
+def device_state(model: AgileNN) -> tuple[list[str], dict[str, tuple[int, ...]], list[np.ndarray]]:
+    """The device part's parameter names (the wire order), shapes and values."""
+    parameters = dict(DevicePart(model).named_parameters())  # BatchNorm's statistics stay as shipped
+    names = list(parameters)
+    return names, {n: tuple(parameters[n].shape) for n in names}, \
+        [parameters[n].detach().numpy().copy() for n in names]
+
+
+def load_device_state(model: AgileNN, names: list[str], arrays: list[np.ndarray]) -> None:
+    state = DevicePart(model).state_dict()
+    with torch.no_grad():
+        for name, array in zip(names, arrays, strict=True):
+            state[name].copy_(torch.from_numpy(np.asarray(array)))
 
 
 def apply_deltas(model: AgileNN, deltas: dict[str, np.ndarray]) -> AgileNN:
