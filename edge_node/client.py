@@ -39,6 +39,7 @@ from transports.messages import (
     request_id_of,
 )
 from transports.pipe import MessageTransport
+from transports.sessions import CompactClient, slow_link
 from transports.zmq_transport import Requester, ZmqClientTransport
 
 PROBE_INTERVAL_S = 1.0
@@ -109,10 +110,13 @@ class EdgeClient:
                  deadline_ms: float | None = None, link: str | LinkProfile | None = None,
                  device_id: str = "edge-0", timeout_s: float = 1.0,
                  curve: CurveClientConfig | None = None, seed: int = 0, merge: str = "device",
-                 transport: MessageTransport | None = None) -> None:
+                 transport: MessageTransport | None = None, compact: bool | None = None,
+                 server_timings: bool = False) -> None:
         """``transport``: talk to the server over it instead of connecting to ``server`` (the
         test seam: a :class:`~transports.memory.MemoryClientTransport`, say); ``link`` emulates
-        a link under either."""
+        a link under either. ``compact``: use compact sessions (transports/compact.py); by
+        default on links below 1 Mbit/s. ``server_timings``: ask for the server's timings in
+        compact replies (full replies always carry them)."""
         if merge not in ("device", "server"):
             raise ValueError(f"merge must be 'device' or 'server', not {merge!r}")
         self.merge_on_device = merge == "device"
@@ -134,7 +138,10 @@ class EdgeClient:
             transport = ZmqClientTransport(server, curve=curve)
         if transport is not None:
             self._transport = emulated(transport, link, seed)
-            self._requester = Requester(self._transport, timeout=timeout_s, attempts=1)
+            self._compact: CompactClient | None = None
+            if compact or (compact is None and slow_link(link)):
+                self._compact = CompactClient(self._transport, timings=server_timings)
+            self._requester = Requester(self._compact or self._transport, timeout=timeout_s, attempts=1)
 
     def switch_model(self, model: str) -> None:
         """Run ``model`` from the next request on (a rollout). It loads first, so a bad file
@@ -202,9 +209,12 @@ class EdgeClient:
                 self._transport.reconnect()
             return self._local(local, "link", f"link: {exc}", started, stages, sent, len(wire))
         received = time.monotonic()
-        self.estimator.observe(len(wire) + len(data), received - sent)
-        self._reply_bytes = 0.8 * self._reply_bytes + 0.2 * len(data) if self._reply_bytes else len(data)
-        sizes = (sent, len(wire), len(data))
+        # What the link carried: a compact session's frames, not the full messages they stand for.
+        up, down = (len(wire), len(data)) if self._compact is None else \
+            (self._compact.last_sent_bytes, self._compact.last_received_bytes)
+        self.estimator.observe(up + down, received - sent)
+        self._reply_bytes = 0.8 * self._reply_bytes + 0.2 * down if self._reply_bytes else down
+        sizes = (sent, up, down)
         message = decode_message(data)
         if message.type is MessageType.ERROR:
             error = ErrorReply.parse(message)
@@ -227,7 +237,7 @@ class EdgeClient:
         stages.update(transmit=last_uplink_seconds(self._transport), round_trip=received - sent,
                       merge=finished - received)
         return Prediction(int(merged.argmax()), merged, OFFLOADED, latency_ms=elapsed_ms,
-                          bytes_up=len(wire), bytes_down=len(data), timings_ms=reply.timings.as_ms(),
+                          bytes_up=up, bytes_down=down, timings_ms=reply.timings.as_ms(),
                           stages_ms={name: 1e3 * seconds for name, seconds in stages.items()},
                           model_hash=message.model_hash.hex())
 

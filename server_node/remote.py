@@ -27,6 +27,7 @@ class RemoteServer(DaemonThread):
                  reloader: Callable[[], ServerConfig] | None = None, **settings: Any) -> None:
         self.config = ServerConfig(model=model, bind=bind, **settings)
         self.server = Server(self.config, transport, reloader)
+        self._memory = transport if isinstance(transport, MemoryServerTransport) else None
         super().__init__(self.server, name="agilenn-remote-server")
 
     @property
@@ -35,9 +36,8 @@ class RemoteServer(DaemonThread):
 
     def connect(self) -> MessageTransport:
         """A new client transport to this server: in memory if it serves in memory, else ZeroMQ."""
-        transport = self.server.transport
-        if isinstance(transport, MemoryServerTransport):
-            return transport.connect()
+        if self._memory is not None:
+            return self._memory.connect()
         return ZmqClientTransport(self.endpoint)
 
     @classmethod

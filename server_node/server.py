@@ -23,6 +23,7 @@ import torch
 
 from agilenn.daemon import Daemon
 from agilenn.errors import CodecError
+from transports.sessions import CompactServer
 from transports.broker import BrokerWorkerTransport
 from transports.curve import CurveClientConfig, CurveServerConfig
 from transports.errors import TransportError
@@ -84,7 +85,10 @@ class Server(Daemon):
     def load(self) -> None:
         torch.set_num_threads(self.config.torch_threads)
         self._serve_versions(self.config)
-        self.transport = self._transport or self._open_transport()
+        transport = self._transport or self._open_transport()
+        # Behind a broker, which reads full messages only, devices keep to full messages: a worker
+        # answers their session HELLO "unsupported".
+        self.transport = transport if self.config.connect else CompactServer(transport)
         self.endpoint = self.transport.bind()
         super().load()
         log.info("serving %s on %s (batch %d, delay %d us)", self.versions.describe(), self.endpoint,

@@ -26,11 +26,13 @@ from agilenn.bench.report import (
     GOALS,
     comparisons,
     format_table,
+    link_bound_ms,
     modelled_stages,
     summarise,
     window_stability,
 )
 from agilenn.bench.runner import build_schemes, run_bench
+from transports.emulator import get_profile
 from agilenn.bench.schemes import (
     FAMILIES,
     STAGES,
@@ -249,8 +251,10 @@ def test_summarise_uses_the_modelled_device() -> None:
 
 
 # ------------------------------------------------------------------ comparisons
-def _figures(name: str, family: str, bytes_up: float, accuracy: float, p50: float) -> dict[str, Any]:
-    return {"family": family, "bytes_up_mean": bytes_up, "accuracy": accuracy, "latency_ms": {"p50": p50}}
+def _figures(name: str, family: str, bytes_up: float, accuracy: float, p50: float,
+             over_bound: float = 1.2) -> dict[str, Any]:
+    return {"family": family, "bytes_up_mean": bytes_up, "accuracy": accuracy, "latency_ms": {"p50": p50},
+            "p50_vs_link_bound": over_bound}
 
 
 def _schemes(agilenn_bytes: float = 80.0, agilenn_accuracy: float = 0.99) -> dict[str, dict[str, Any]]:
@@ -273,6 +277,21 @@ def test_comparisons_meet_the_goals() -> None:
     assert result["p50_vs_raw"] == 0.25 and result["p50_vs_raw_goal_met"] is True
     assert result["p50_vs_split8"] == {"split8@2": 0.1, "split8@4": 0.333}
     assert result["p50_vs_split8_goal_met"] == {"split8@2": True, "split8@4": False}
+    assert result["best_split8"] == "split8@4" and result["p50_vs_best_split8"] == 0.333
+    assert result["p50_vs_best_split8_goal_met"] is True
+    assert result["p50_vs_link_bound"] == 1.2 and result["p50_vs_link_bound_goal_met"] is True
+
+
+def test_the_link_bound_is_the_bytes_line_time_plus_delay_plus_compute() -> None:
+    serial = get_profile("serial-115200")  # 11,520 B/s, no delay
+    stages = {"device": 1.0, "encode": 0.5, "transmit": 9.0, "queue": 0.3, "server": 2.0, "reply": 4.0,
+              "merge": 0.25}
+    outcome = Outcome(3, stages, bytes_up=100, bytes_down=15)
+    assert link_bound_ms(outcome, stages, serial) == pytest.approx(1e3 * 115 / 11_520 + 1.75 + 2.0)
+    ble = get_profile("ble-1m")
+    assert link_bound_ms(outcome, stages, ble) == pytest.approx(
+        1e3 * 115 / ble.bandwidth_bytes_per_s + 2e3 * ble.delay_s + 3.75)
+    assert link_bound_ms(Outcome(3, stages), stages, get_profile("lossless")) == pytest.approx(3.75)
 
 
 def test_comparisons_miss_the_goals() -> None:
@@ -287,6 +306,9 @@ def test_comparisons_miss_the_goals() -> None:
     slow = comparisons(schemes)
     assert slow["p50_vs_raw"] == 0.625 and slow["p50_vs_raw_goal_met"] is False
     assert slow["p50_vs_split8_goal_met"] == {"split8@2": False, "split8@4": False}
+    assert slow["p50_vs_best_split8"] == 0.833 and slow["p50_vs_best_split8_goal_met"] is False
+    schemes["agilenn"]["p50_vs_link_bound"] = 1.5
+    assert comparisons(schemes)["p50_vs_link_bound_goal_met"] is False
 
 
 def test_comparisons_without_the_schemes_they_need() -> None:

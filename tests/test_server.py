@@ -121,7 +121,7 @@ def _unchecked(request_id: int, request: InferRequest) -> bytes:
 
 
 BAD_INPUTS = {
-    "not-msgpack": (b"\xc1\xff garbage", 0, "malformed"),
+    "not-msgpack": (b"\x97\xc1\xff garbage", 0, "malformed"),  # 0xC1 alone starts a compact frame
     # Rejected by the schema, yet the reply still echoes the request id: the
     # sender learns why at once instead of waiting out its timeout.
     "wrong-version": (_raw(9, 1, 5, "d", HASH, {}, {}), 5, "unsupported-version"),

@@ -220,8 +220,12 @@ BODY_SCHEMAS: dict[MessageType, dict[str, Check]] = {
 
 # Without "l" the device keeps its local logits and merges itself; the reply
 # then carries the remote logits "lg" instead of the merged "pr".
+# A HELLO with "cs" true asks for a compact session (transports/compact.py); its HELLO_REPLY
+# then carries the session id "s".
 OPTIONAL_FIELDS: dict[MessageType, dict[str, Check]] = {
     MessageType.INFER_REQUEST: {"l": _float16_array(MAX_CLASSES)},
+    MessageType.HELLO: {"cs": _boolean},
+    MessageType.HELLO_REPLY: {"s": _unsigned(2**14 - 1)},
     MessageType.INFER_REPLY: {"pr": _float16_array(MAX_CLASSES), "lg": _float16_array(MAX_CLASSES)},
 }
 
@@ -531,13 +535,17 @@ class ErrorReply(Body):
 class Hello(Body):
     TYPE: ClassVar[MessageType] = MessageType.HELLO
     firmware: str
+    compact_session: bool = False
 
     def to_body(self) -> dict[str, Any]:
-        return {"firmware": self.firmware}
+        body: dict[str, Any] = {"firmware": self.firmware}
+        if self.compact_session:
+            body["cs"] = True
+        return body
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> Hello:
-        return cls(body["firmware"])
+        return cls(body["firmware"], body.get("cs", False))
 
 
 @dataclass(frozen=True)
@@ -546,13 +554,18 @@ class HelloReply(Body):
     accepted: bool
     reason: str
     update_chunks: int = 0
+    session: int | None = None  # the compact session's id, when the HELLO asked for one
 
     def to_body(self) -> dict[str, Any]:
-        return {"accepted": self.accepted, "reason": self.reason, "update_chunks": self.update_chunks}
+        body: dict[str, Any] = {"accepted": self.accepted, "reason": self.reason,
+                                "update_chunks": self.update_chunks}
+        if self.session is not None:
+            body["s"] = self.session
+        return body
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> HelloReply:
-        return cls(body["accepted"], body["reason"], body["update_chunks"])
+        return cls(body["accepted"], body["reason"], body["update_chunks"], body.get("s"))
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ class BenchConfig:
     warmup: int = 20
     families: tuple[str, ...] = field(default_factory=_every_family)  # names in the registry, or ("all",)
     jpeg_qualities: tuple[int, ...] = (10, 50, 90)
-    split_layers: tuple[int, ...] = (2, 4, 5)
+    split_layers: tuple[int, ...] = (2, 4, 5)  # empty: the planner's latency-optimal cut
     dataset: str = "mnist-sample"
     data_dir: str | None = None
     window: int = 100

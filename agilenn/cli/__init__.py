@@ -26,6 +26,7 @@ COMMANDS = {
     "edge": ("agilenn.cli.edge", "run the device part on images, offload, print JSON lines"),
     "demo": ("agilenn.cli.demo", "server + edge on loopback over an emulated serial link"),
     "bench": ("agilenn.cli.bench", "end-to-end latency of AgileNN against the alternatives, per stage"),
+    "plan": ("agilenn.cli.plan", "recommend a scheme and split for a link and a device, from measured costs"),
     "keygen": ("agilenn.cli.keygen", "write CURVE key pairs for servers and devices"),
 }
 

@@ -38,6 +38,11 @@ def _integers(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _split_layers(text: str) -> tuple[int, ...]:
+    """``auto`` (the empty tuple: the planner picks the latency-optimal cut) or integers."""
+    return () if text == "auto" else _integers(text)
+
+
 def _families(text: str) -> tuple[str, ...]:
     try:
         return select_families([part for part in text.split(",") if part])
@@ -78,9 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jpeg-quality", type=_integers, default=(10, 50, 90), help="e.g. 10,50,90")
     parser.add_argument(
         "--split-layer",
-        type=_integers,
+        type=_split_layers,
         default=(2, 4, 5),
-        help="split8 cut points (1-5: after that many blocks of the full CNN)",
+        help="split8 cut points (1-5: after that many blocks of the full CNN), or auto: the cut "
+        "agilenn plan finds fastest for this link and device (Neurosurgeon-style, from measured costs)",
     )
     parser.add_argument("--dataset", default="mnist-sample", type=dataset_spec, help=DATASET_HELP)
     parser.add_argument("--data-dir", help="for --dataset mnist; or set AGILENN_DATA")

@@ -24,7 +24,8 @@ class AgileNN(Family):
     def schemes(self, context: SchemeContext) -> list[Scheme]:
         config = context.config
         client = context.own(EdgeClient(config.model, server=context.endpoint, link=context.link,
-                                        timeout_s=config.timeout_s, seed=config.seed, device_id="dev-a"))
+                                        timeout_s=config.timeout_s, seed=config.seed, device_id="dev-a",
+                                        server_timings=True))
         model = client.model
 
         def classify(image: np.ndarray) -> Outcome:

@@ -22,6 +22,7 @@ from transports.messages import (
     decode_message,
     encode_message,
 )
+from transports.sessions import CompactClient, slow_link
 from transports.zmq_transport import Requester, open_client
 
 from ...baselines.models import FullCNN, baseline_payloads
@@ -40,7 +41,9 @@ class Offloader:
     def __init__(self, server: str, link: LinkProfile | None, timeout_s: float, seed: int,
                  device_id: str = DEVICE_ID) -> None:
         self.transport = open_client(server, link, seed=seed)
-        self.requester = Requester(self.transport, timeout=timeout_s, attempts=3)
+        # The same compact sessions as the AgileNN scheme's on a slow link, so both pay the same envelope.
+        self.compact = CompactClient(self.transport, timings=True) if slow_link(link) else None
+        self.requester = Requester(self.compact or self.transport, timeout=timeout_s, attempts=3)
         self.device_id = device_id
         self._ids = itertools.count(1)
 
@@ -56,6 +59,8 @@ class Offloader:
             return Outcome(-1, {"device": device_ms, "encode": encode_ms,
                                 "reply": 1e3 * (time.perf_counter() - sent)}, len(wire), failure=str(exc))
         received = time.perf_counter()
+        up, down = (len(wire), len(data)) if self.compact is None else \
+            (self.compact.last_sent_bytes, self.compact.last_received_bytes)
         message = decode_message(data)
         reply = InferReply.parse(message) if message.type is MessageType.INFER_REPLY else None
         merge_ms = 1e3 * (time.perf_counter() - received)
@@ -63,8 +68,8 @@ class Offloader:
         if reply is None or reply.probabilities is None:
             error = ErrorReply.parse(message) if message.type is MessageType.ERROR else None
             failure = f"server: {error.code}: {error.reason}" if error else f"server: {message.type.name}"
-            return Outcome(-1, {"device": device_ms, "encode": encode_ms, "reply": round_trip_ms}, len(wire),
-                           len(data), failure=failure)
+            return Outcome(-1, {"device": device_ms, "encode": encode_ms, "reply": round_trip_ms}, up, down,
+                           failure=failure)
         predicted = int(np.argmax(reply.probabilities))
         transmit_ms = 1e3 * last_uplink_seconds(self.transport)
         timings = reply.timings.as_ms()
@@ -72,7 +77,7 @@ class Offloader:
         return Outcome(predicted, {
             "device": device_ms, "encode": encode_ms, "transmit": transmit_ms, "queue": queue_ms,
             "server": server_ms, "reply": round_trip_ms - transmit_ms - queue_ms - server_ms,
-            "merge": merge_ms}, len(wire), len(data), codec_ms=codec_ms)
+            "merge": merge_ms}, up, down, codec_ms=codec_ms)
 
     def close(self) -> None:
         self.transport.close()

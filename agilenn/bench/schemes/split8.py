@@ -8,7 +8,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from transports.emulator import get_profile
+
 from ...baselines.models import count_macs
+from ...data import load_dataset
 from ..config import BenchConfig
 from .base import Outcome, Scheme, SchemeContext, as_input, register_family, timed
 from .offload import Baseline, OffloadFamily, Offloader
@@ -29,9 +32,24 @@ class Split8(OffloadFamily):
             raise ValueError(f"split layers {refused} are not among {split_points}")
 
     def schemes(self, context: SchemeContext) -> list[Scheme]:
-        baseline = Baseline.load(context.config.baseline)
+        config = context.config
+        baseline = Baseline.load(config.baseline)
+        splits = config.split_layers or (self._fastest_split(baseline, context),)
         offloader = self.offloader(context)
-        return [self._scheme(baseline, offloader, split) for split in context.config.split_layers]
+        return [self._scheme(baseline, offloader, split) for split in splits]
+
+    @staticmethod
+    def _fastest_split(baseline: Baseline, context: SchemeContext) -> int:
+        """The cut the planner predicts fastest on this link and device, from costs measured on
+        the first 200 test images."""
+        from ..devices import DeviceModel, get_device, host_macs_per_second
+        from ..planner import best_split, split8_costs
+
+        config = context.config
+        images = load_dataset(config.dataset, "test", config.data_dir)
+        costs = split8_costs(baseline, images.head(min(200, len(images))), list(baseline.model.split_points))
+        device = DeviceModel(get_device(config.device), host_macs_per_second())
+        return best_split(costs, context.link or get_profile("lossless"), device)
 
     def _scheme(self, baseline: Baseline, offloader: Offloader, split: int) -> Scheme:
         head: nn.Module = baseline.model.head(split)
