@@ -17,6 +17,7 @@ from agilenn.bench.planner import (
     predict_ms,
 )
 from agilenn.cli import main
+from tests.conftest import mnist_dir
 from transports.emulator import get_profile
 
 HOST, STM32 = DeviceModel(get_device("host"), 1e9), DeviceModel(get_device("stm32f746"), 1e9)
@@ -75,3 +76,24 @@ def test_agilenn_plan_refuses_unknown_links(capsys: pytest.CaptureFixture[str]) 
     with pytest.raises(SystemExit):
         main(["plan", "--link", "carrier-pigeon"])
     assert "carrier-pigeon" in capsys.readouterr().err
+
+
+def test_the_sweep_runs_each_workload_on_each_link_with_split8_at_its_planned_cut(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "sweep.json"
+    assert main(["bench", "--sweep", "--sweep-workloads", "mnist", "--sweep-links", "serial-115200",
+                 "--n", "8", "--warmup", "2", "--window", "4", "--quiet", "--data-dir", str(mnist_dir()),
+                 "--json", str(out), "--plot", str(tmp_path)]) == 0
+    sweep = json.loads(out.read_text())
+    (point,) = sweep["points"]
+    assert (point["workload"], point["link"]) == ("mnist", "serial-115200")
+    assert point["split8"].startswith("split8@") and set(point["accuracy"]) == {"agilenn", "raw-offload",
+                                                                                 point["split8"]}
+    assert point["p50_vs_raw"] == pytest.approx(point["agilenn_p50_ms"] / point["raw_p50_ms"], rel=1e-2)
+    assert "mnist on serial-115200: AgileNN p50" in capsys.readouterr().out
+    assert (tmp_path / "sweep.png").stat().st_size > 0
+
+
+def test_the_sweep_refuses_an_unknown_link(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--sweep", "--sweep-links", "dial-up"]) == 2
+    assert "dial-up" in capsys.readouterr().err

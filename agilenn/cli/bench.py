@@ -16,6 +16,7 @@ import json
 import sys
 import textwrap
 from collections.abc import Sequence
+from typing import Any
 from pathlib import Path
 
 from transports.emulator import PROFILES
@@ -41,6 +42,10 @@ def _integers(text: str) -> tuple[int, ...]:
 def _split_layers(text: str) -> tuple[int, ...]:
     """``auto`` (the empty tuple: the planner picks the latency-optimal cut) or integers."""
     return () if text == "auto" else _integers(text)
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(part for part in text.split(",") if part)
 
 
 def _families(text: str) -> tuple[str, ...]:
@@ -98,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="add windows until the last three agree (at most --max-windows)",
     )
     parser.add_argument("--max-windows", type=int, default=20)
+    parser.add_argument("--sweep", action="store_true",
+                        help="run AgileNN, raw offload and split8 at its best cut over --sweep-links and "
+                        "--sweep-workloads, and report where AgileNN wins (with --plot: sweep.png)")
+    parser.add_argument("--sweep-links", type=_words, default=("serial-115200", "ble-1m", "wifi-10m"),
+                        help="comma-separated link profiles (default: serial-115200,ble-1m,wifi-10m)")
+    parser.add_argument("--sweep-workloads", type=_words, default=("mnist", "cluttered-mnist"),
+                        help="comma-separated workloads W: pretrained:W with pretrained:W-full-cnn on the "
+                        "test set W (default: mnist,cluttered-mnist)")
     parser.add_argument("--timeout-s", type=float, default=2.0, help="per attempt; lost messages cost this")
     parser.add_argument("--seed", type=int, default=0, help="the link emulator's loss and jitter")
     parser.add_argument("--json", type=Path, help="write the full report here")
@@ -131,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress=not args.quiet,
         extra={"command": command},
     )
+    if args.sweep:
+        return _sweep(config, args)
     try:
         report = run_bench(config, on_scheme=None if args.quiet else _announce)
     except (AgileNNError, OSError, ValueError) as exc:
@@ -145,6 +160,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         for path in write_plots(report, args.plot):
             print(f"plot: {path}")
+    return 0
+
+
+def _sweep(config: BenchConfig, args: argparse.Namespace) -> int:
+    from ..bench.sweep import plot_sweep, run_sweep
+
+    unknown = [link for link in args.sweep_links if link not in PROFILES]
+    if unknown:
+        return fail(f"unknown link profiles {unknown}; known: {', '.join(sorted(PROFILES))}")
+
+    def announce(point: dict[str, Any]) -> None:
+        print(f"{point['workload']} on {point['link']}: AgileNN p50 {point['agilenn_p50_ms']:.2f} ms, "
+              f"{point['p50_vs_raw']:.3f}x raw offload's, {point['p50_vs_best_split8']:.3f}x "
+              f"{point['split8']}'s", flush=True)
+
+    try:
+        sweep = run_sweep(config, list(args.sweep_workloads), list(args.sweep_links), announce)
+    except (AgileNNError, OSError, ValueError) as exc:
+        return fail(str(exc))
+    sweep["command"] = config.extra.get("command", "")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(args.json, json.dumps(sweep, indent=2).encode())
+        print(f"report: {args.json}")
+    if args.plot:
+        print(f"plot: {plot_sweep(sweep, args.plot)}")
     return 0
 
 
