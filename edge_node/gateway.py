@@ -1,8 +1,11 @@
 """Gateway mode: an MCU on a serial port offloads through this edge node.
 
 The MCU runs the device part itself and sends INFER_REQUEST messages over the
-reliable serial link; the gateway forwards each one, unchanged, to the server
-and sends the server's answer back. If the server cannot be reached, the MCU
+reliable serial link; the gateway forwards each one to the server and sends
+the server's answer back. An MCU may open a compact session (a HELLO with
+``cs``, answered by the gateway itself) and then send compact frames: the
+gateway restores the full envelope toward the server and answers in compact
+frames (:mod:`transports.sessions`). If the server cannot be reached, the MCU
 gets an ERROR (``server-unreachable``) at once and answers with its local
 prediction; a message that is not valid gets an ERROR with its reason, and an
 ERROR from the MCU is logged, never answered.
@@ -28,7 +31,9 @@ from transports.messages import (
     request_id_of,
 )
 from transports.pipe import MessageTransport
+from transports.compact import is_compact
 from transports.reliable import ReliableLink
+from transports.sessions import SessionEndpoint
 from transports.zmq_transport import Requester, ZmqClientTransport
 
 from .metrics import EdgeMetrics
@@ -49,6 +54,7 @@ class SerialGateway:
         self.metrics = metrics or EdgeMetrics()
         self._client = client or ZmqClientTransport(server, curve=curve)
         self._requester = Requester(self._client, timeout=timeout_s, attempts=2)
+        self.sessions = SessionEndpoint()  # the MCU's compact sessions; the server sees full messages
         self.stats = collections.Counter[str]()
 
     def serve(self, should_exit: threading.Event) -> None:
@@ -68,16 +74,28 @@ class SerialGateway:
         data = self.link.recv(0.0)
         if data is None:
             return False
-        request, rejection = self._screen(data)
+        inbound = self.sessions.inbound(data)
+        if inbound.full is None:
+            self._answer(inbound.answer)
+            return True
+        request, rejection = self._screen(inbound.full)
         if request is None:
             self._answer(rejection)
         else:
             self._count("shutting-down")
-            self._answer(encode_message(error_reply(request, "shutting-down", "the gateway is stopping")))
+            refusal = encode_message(error_reply(request, "shutting-down", "the gateway is stopping"))
+            self._answer(self.sessions.outbound(refusal))
         return True
 
     def forward(self, data: bytes) -> bytes | None:
-        """The answer for one message from the MCU: the server's, an ERROR, or None for none."""
+        """The answer for one message from the MCU: the server's, an ERROR, or None for none. An
+        MCU on a compact session gets it as a compact frame; the server sees full messages."""
+        inbound = self.sessions.inbound(data)
+        if inbound.full is None:
+            self._count("session" if inbound.answer is not None and not is_compact(inbound.answer)
+                        else "rejected")
+            return inbound.answer
+        data = inbound.full
         request, rejection = self._screen(data)
         if request is None:
             return rejection
@@ -87,9 +105,10 @@ class SerialGateway:
             self._count("server-unreachable")
             with contextlib.suppress(TransportError):
                 self._client.reconnect()  # drop the stale request so it is not served late
-            return encode_message(error_reply(request, "server-unreachable", str(exc)))
-        self._count("forwarded")
-        return reply
+            reply = encode_message(error_reply(request, "server-unreachable", str(exc)))
+        else:
+            self._count("forwarded")
+        return self.sessions.outbound(reply)
 
     def _screen(self, data: bytes) -> tuple[Message | None, bytes | None]:
         """(the valid request, None), or (None, the answer to the defect; None for an ERROR)."""

@@ -42,7 +42,17 @@ from transports.messages import (
     encode_message,
 )
 from transports.errors import TransportError
+from transports.compact import (
+    CompactError,
+    Frame,
+    pack_frame,
+    parse_error_body,
+    parse_reply_body,
+    request_body,
+    unpack_frame,
+)
 from transports.reliable import ReliableLink
+from transports.sessions import HELLO_REQUEST_ID
 
 DEVICE_PART = ("extractor.", "local_predictor.", "quantizer.")
 CHUNK_BYTES = 1024
@@ -140,10 +150,13 @@ class McuSimulator:
 
     STAGING_BYTES = 64 * 1024
 
-    def __init__(self, link: ReliableLink, device_id: str, firmware: str, model_hash: bytes) -> None:
+    def __init__(self, link: ReliableLink, device_id: str, firmware: str, model_hash: bytes,
+                 compact: bool = True) -> None:
         self.link = link
         self.device_id = device_id
         self.firmware = firmware
+        self.compact = compact  # offload over a compact session (transports/compact.py) if offered
+        self.session: tuple[int, bytes] | None = None  # (session id, the model hash it stands for)
         self.slots = [Slot(b"", model_hash), Slot(b"", model_hash)]
         self.active = 0
         self._staging = bytearray(self.STAGING_BYTES)
@@ -186,13 +199,48 @@ class McuSimulator:
         """
         device = model.device_forward(image.unsqueeze(0))
         request = InferRequest(codec.encode(device.symbols[0].numpy()), device.local_logits[0].numpy())
-        self.link.send(encode_message(request.message(request_id, self.device_id, self.model_hash)),
+        local = int(device.local_logits[0].argmax())
+        if self.compact and (self.session is None or self.session[1] != self.model_hash):
+            self._open_session(timeout)
+        if self.session is None:
+            self.link.send(encode_message(request.message(request_id, self.device_id, self.model_hash)),
+                           timeout=timeout)
+            data = self.link.recv(timeout)
+            reply = decode_message(data) if data is not None else None
+            if reply is None or reply.type is not MessageType.INFER_REPLY:
+                return local, "local-fallback"
+            return InferReply.parse(reply).label, "offloaded"
+        flags, body = request_body(request)
+        self.link.send(pack_frame(Frame(MessageType.INFER_REQUEST, flags, self.session[0], request_id, body)),
                        timeout=timeout)
         data = self.link.recv(timeout)
+        try:
+            frame = unpack_frame(data) if data is not None else None
+        except CompactError:
+            frame = None
+        answered = frame is not None and frame.type is MessageType.INFER_REPLY
+        if frame is not None and answered and frame.sequence == request_id & 0xFF:
+            try:
+                return parse_reply_body(frame.flags, frame.body).label, "offloaded"
+            except CompactError:
+                return local, "local-fallback"
+        if frame is not None and frame.type is MessageType.ERROR and \
+                parse_error_body(frame.body).code == "unknown-session":
+            self.session = None  # the gateway forgot it: the next request opens a new one
+        return local, "local-fallback"
+
+    def _open_session(self, timeout: float) -> None:
+        hello = Hello(self.firmware, compact_session=True).message(HELLO_REQUEST_ID, self.device_id,
+                                                                   self.model_hash)
+        self.link.send(encode_message(hello), timeout=timeout)
+        data = self.link.recv(timeout)
         reply = decode_message(data) if data is not None else None
-        if reply is None or reply.type is not MessageType.INFER_REPLY:
-            return int(device.local_logits[0].argmax()), "local-fallback"
-        return InferReply.parse(reply).label, "offloaded"
+        granted = HelloReply.parse(reply).session if reply is not None and \
+            reply.type is MessageType.HELLO_REPLY else None
+        if granted is not None:
+            self.session = (granted, self.model_hash)
+        else:
+            self.compact = False  # the gateway has no compact sessions: full messages from now on
 
     def _receive_image(self, count: int, timeout: float) -> tuple[bool, str, int]:
         used, problem = 0, ""

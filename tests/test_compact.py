@@ -183,7 +183,7 @@ def test_a_forgotten_session_costs_one_request_then_a_new_session_opens() -> Non
             assert client.infer(SAMPLE.images[1]).bytes_down <= 18
             server_side = running.server.transport
             assert isinstance(server_side, CompactServer)
-            server_side.sessions = SessionTable()  # as if the server restarted
+            server_side.session_endpoint.sessions = SessionTable()  # as if the server restarted
             lost = client.infer(SAMPLE.images[2])
             assert lost.source == "local-fallback" and "unknown-session" in lost.reason
             answers = [client.infer(image) for image in SAMPLE.images[3:6]]

@@ -21,6 +21,7 @@ from edge_node.gateway import SerialGateway
 from edge_node.pairing import McuSimulator
 from server_node.remote import RemoteServer
 from transports.arq import ArqConfig
+from transports.compact import SessionTable
 from transports.errors import TransportClosed
 from transports.messages import ErrorReply, MessageType, Ping, decode_message, encode_message
 from transports.pipe import MemoryPipe
@@ -62,6 +63,26 @@ def test_mcu_offloads_through_the_gateway(
     assert all(source == "offloaded" for _, source in results)
     assert sum(label == int(truth) for (label, _), truth in zip(results, labels, strict=True)) >= 11
     assert gateway.stats["forwarded"] == len(results)
+
+
+def test_an_mcu_on_a_compact_session_gets_the_same_answers_through_the_gateway(
+    mcu_and_gateway: tuple[McuSimulator, SerialGateway, RemoteServer]
+) -> None:
+    compact, gateway, _ = mcu_and_gateway
+    images, _ = SAMPLE.batch(slice(0, 6))
+    small = [compact.infer(MODEL, CODEC, image, request_id=i) for i, image in enumerate(images)]
+    assert compact.session is not None and gateway.stats["session"] == 1
+    compact.compact, compact.session = False, None  # the same MCU on full messages
+    full = [compact.infer(MODEL, CODEC, image, request_id=10 + i) for i, image in enumerate(images)]
+    assert small == full and all(source == "offloaded" for _, source in small)
+    assert gateway.stats["forwarded"] == 12 and gateway.stats["session"] == 1
+    gateway.sessions.sessions = SessionTable()  # the gateway restarted: the MCU's session is gone
+    compact.compact = True
+    compact.session = (5, compact.model_hash)
+    assert compact.infer(MODEL, CODEC, images[0], request_id=30)[1] == "local-fallback"
+    assert compact.session is None  # told unknown-session: the next request opens a new one
+    assert compact.infer(MODEL, CODEC, images[0], request_id=31)[1] == "offloaded"
+    assert gateway.stats["session"] == 2
 
 
 def test_gateway_answers_garbage_from_the_mcu_with_a_reason(
@@ -163,7 +184,7 @@ def test_edge_cli_gateway_process_relays_and_stops_on_sigterm() -> None:
             reap(gateway)
     assert [source for _, source in results] == ["offloaded"] * 3
     assert [label for label, _ in results] == [int(label) for label in labels]
-    assert stats == {"forwarded": 3}
+    assert stats == {"forwarded": 3, "session": 1}  # the MCU opened a compact session, then offloaded
 
 
 def test_an_mcu_that_stops_acknowledging_costs_one_answer_not_the_gateway() -> None:

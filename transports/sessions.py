@@ -8,11 +8,13 @@ replies are turned back into full messages, so the code above it (a
 always saw. A peer that does not know compact sessions answers the HELLO with
 an ERROR, and the client stays with full messages.
 
-:class:`CompactServer` wraps a server's transport: it answers compact-session
-HELLOs itself, turns compact requests into full messages for the server, and
-the server's answers to them into compact frames. A compact frame it cannot
-read is answered with a compact ERROR and a logged reason; nothing is dropped
-silently. The frame layout is in :mod:`transports.compact`.
+:class:`SessionEndpoint` is the receiving end, with no I/O: it answers
+compact-session HELLOs itself, turns compact requests into full messages, and
+the answers to them into compact frames. A compact frame it cannot read is
+answered with a compact ERROR and a logged reason; nothing is dropped silently.
+:class:`CompactServer` runs a server's transport through one; the serial
+gateway runs an MCU's link through one and forwards full messages to the
+server. The frame layout is in :mod:`transports.compact`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 
 from .compact import (
     WANT_TIMINGS,
@@ -174,14 +177,84 @@ class CompactClient:
         self.inner.close()
 
 
+@dataclass(frozen=True)
+class Inbound:
+    """What became of bytes from a device: the full message to pass on, and what to answer at once
+    (a session's HELLO_REPLY, or a compact ERROR), either or neither."""
+
+    full: bytes | None
+    answer: bytes | None = None
+
+
+class SessionEndpoint:
+    """The receiving end of compact sessions, with no I/O: a server's transport and a serial
+    gateway both run their traffic through one. ``peer`` tells devices apart (a ZeroMQ identity)."""
+
+    def __init__(self, sessions: SessionTable | None = None) -> None:
+        self.sessions = sessions or SessionTable()
+        # (peer, sequence) -> (session id, whether the device asked for timings)
+        self._compact: OrderedDict[tuple[bytes, int], tuple[int, bool]] = OrderedDict()
+
+    def inbound(self, data: bytes, peer: bytes = b"") -> Inbound:
+        if is_compact(data):
+            return self._expand(data, peer)
+        granted = self._granted_session(data)
+        return Inbound(None, granted) if granted is not None else Inbound(data)
+
+    def _granted_session(self, data: bytes) -> bytes | None:
+        if len(data) > 256:  # a session HELLO is small; do not decode big messages twice
+            return None
+        try:
+            message = decode_message(data)
+        except ProtocolError:
+            return None  # passed on: the receiver answers it with its reason
+        if message.type is not MessageType.HELLO or not Hello.parse(message).compact_session \
+                or len(message.model_hash) == 0:
+            return None
+        number = self.sessions.open(Session(message.device_id, message.model_hash))
+        return encode_message(HelloReply(True, "", 0, number).message(message.request_id, message.device_id,
+                                                                       message.model_hash))
+
+    def _expand(self, data: bytes, peer: bytes) -> Inbound:
+        try:
+            frame = unpack_frame(data)
+            if frame.type is not MessageType.INFER_REQUEST:
+                raise CompactError(f"a device sends no compact {frame.type.name}")
+            full = encode_message(to_message(frame, self.sessions.get(frame.session), frame.sequence))
+        except (CompactError, ProtocolError) as exc:
+            log.info("rejected a compact frame from %s: %s: %s", peer.hex() or "the device", exc.code, exc)
+            if claims_error(data):  # an ERROR is never answered, or two peers could loop
+                return Inbound(None)
+            session, sequence = salvage_ids(data)
+            body = error_body(ErrorReply(exc.code, str(exc)))
+            return Inbound(None, pack_frame(Frame(MessageType.ERROR, 0, session, sequence, body)))
+        self._compact[(peer, frame.sequence)] = (frame.session, bool(frame.flags & WANT_TIMINGS))
+        while len(self._compact) > _MAX_IN_FLIGHT:
+            self._compact.popitem(last=False)
+        return Inbound(full)
+
+    def outbound(self, data: bytes, peer: bytes = b"") -> bytes:
+        """The answer to a device, as a compact frame when its request came as one."""
+        if not self._compact:
+            return data
+        reply = decode_message(data)  # our own side's bytes: valid
+        key = (peer, reply.request_id)
+        if key not in self._compact or reply.type not in (MessageType.INFER_REPLY, MessageType.ERROR):
+            return data
+        session, timings = self._compact.pop(key)
+        if reply.type is MessageType.INFER_REPLY:
+            flags, body = reply_body(InferReply.parse(reply), timings)
+        else:
+            flags, body = 0, error_body(ErrorReply.parse(reply))
+        return pack_frame(Frame(reply.type, flags, session, reply.request_id, body))
+
+
 class CompactServer:
     """A server transport that also serves compact sessions (see the module's docstring)."""
 
     def __init__(self, inner: ServerTransport, sessions: SessionTable | None = None) -> None:
         self.inner = inner
-        self.sessions = sessions or SessionTable()
-        # (identity, sequence) -> (session id, whether the device asked for timings)
-        self._compact: OrderedDict[tuple[bytes, int], tuple[int, bool]] = OrderedDict()
+        self.session_endpoint = SessionEndpoint(sessions)
 
     @property
     def endpoint(self) -> str:
@@ -195,61 +268,13 @@ class CompactServer:
         if received is None:
             return None
         identity, data = received
-        if is_compact(data):
-            return self._expand(identity, data)
-        if self._granted_session(identity, data):
-            return None
-        return received
-
-    def _granted_session(self, identity: bytes, data: bytes) -> bool:
-        if len(data) > 256:  # a session HELLO is small; do not decode big messages twice
-            return False
-        try:
-            message = decode_message(data)
-        except ProtocolError:
-            return False  # the server answers it with its reason
-        if message.type is not MessageType.HELLO or not Hello.parse(message).compact_session \
-                or len(message.model_hash) == 0:
-            return False
-        number = self.sessions.open(Session(message.device_id, message.model_hash))
-        reply = HelloReply(True, "", 0, number).message(message.request_id, message.device_id,
-                                                        message.model_hash)
-        self.inner.send(identity, encode_message(reply))
-        return True
-
-    def _expand(self, identity: bytes, data: bytes) -> tuple[bytes, bytes] | None:
-        try:
-            frame = unpack_frame(data)
-            if frame.type is not MessageType.INFER_REQUEST:
-                raise CompactError(f"a device sends no compact {frame.type.name}")
-            message = to_message(frame, self.sessions.get(frame.session), frame.sequence)
-            full = encode_message(message)
-        except (CompactError, ProtocolError) as exc:
-            log.info("rejected a compact frame from %s: %s: %s", identity.hex(), exc.code, exc)
-            if not claims_error(data):  # an ERROR is never answered, or two peers could loop
-                session, sequence = salvage_ids(data)
-                body = error_body(ErrorReply(exc.code, str(exc)))
-                self.inner.send(identity, pack_frame(Frame(MessageType.ERROR, 0, session, sequence, body)))
-            return None
-        self._compact[(identity, frame.sequence)] = (frame.session, bool(frame.flags & WANT_TIMINGS))
-        while len(self._compact) > _MAX_IN_FLIGHT:
-            self._compact.popitem(last=False)
-        return identity, full
+        inbound = self.session_endpoint.inbound(data, identity)
+        if inbound.answer is not None:
+            self.inner.send(identity, inbound.answer)
+        return None if inbound.full is None else (identity, inbound.full)
 
     def send(self, identity: bytes, message: bytes) -> None:
-        if self._compact:
-            reply = decode_message(message)  # the server's own bytes: valid
-            key = (identity, reply.request_id)
-            if key in self._compact and reply.type in (MessageType.INFER_REPLY, MessageType.ERROR):
-                session, timings = self._compact.pop(key)
-                if reply.type is MessageType.INFER_REPLY:
-                    flags, body = reply_body(InferReply.parse(reply), timings)
-                else:
-                    flags, body = 0, error_body(ErrorReply.parse(reply))
-                frame = Frame(reply.type, flags, session, reply.request_id, body)
-                self.inner.send(identity, pack_frame(frame))
-                return
-        self.inner.send(identity, message)
+        self.inner.send(identity, self.session_endpoint.outbound(message, identity))
 
     def close(self) -> None:
         self.inner.close()
