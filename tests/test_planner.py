@@ -97,3 +97,10 @@ def test_the_sweep_runs_each_workload_on_each_link_with_split8_at_its_planned_cu
 def test_the_sweep_refuses_an_unknown_link(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--sweep", "--sweep-links", "dial-up"]) == 2
     assert "dial-up" in capsys.readouterr().err
+
+
+def test_a_codec_priced_in_cycles_runs_at_the_modelled_devices_clock() -> None:
+    stm32 = DeviceModel(get_device("stm32f746"), 124e8)  # this host 100x the MCU's MAC rate
+    assert stm32.encode_ms(5.0, 0.3, codec_cycles=21_600) == pytest.approx(0.1)  # 21,600 cycles at 216 MHz
+    assert stm32.encode_ms(5.0, 0.3) == pytest.approx(30.0)  # C code (zstd): the host's time, scaled
+    assert DeviceModel(get_device("host"), 124e8).encode_ms(5.0, 0.3, codec_cycles=21_600) == 5.0

@@ -36,6 +36,7 @@ from ..data import ImageDataset
 from ..codec import FeatureCodec
 from ..pretrained import load_checkpoint
 from .devices import DeviceModel
+from .schemes.agilenn_edge import RANS_CYCLES_PER_SYMBOL
 from .schemes.base import as_input, image_shape
 from .schemes.offload import Baseline
 
@@ -57,6 +58,7 @@ class Costs:
     server_ms: float
     reply: str  # "logits" (the device merges) or "merged"
     accuracy: float
+    codec_cycles: int = 0  # the codec priced in MCU cycles (the rANS coder); 0: scale the host's time
 
 
 def _timed_ms(fn: Callable[[], Any], repeats: int) -> float:
@@ -86,8 +88,10 @@ def measure_costs(model_spec: str, baseline_spec: str, images: ImageDataset, spl
         server_ms = _timed_ms(lambda: model.server_forward(one.symbols, one.local_logits), repeats)
     codec_ms, mean_bytes = _payloads(codec.encode, list(out.symbols.numpy().astype(np.uint8)), repeats)
     macs = count_macs(model, torch.zeros(1, *image_shape(layout)), model.device_forward) + quantize_ops
+    symbols = layout.remote_channels * layout.feature_size**2
+    cycles = symbols * RANS_CYCLES_PER_SYMBOL if checkpoint.codec.layout == "rans" else 0
     costs = [Costs("agilenn", device_ms, macs, codec_ms, mean_bytes, server_ms, "logits",
-                   float(np.mean(merged == images.labels)))]
+                   float(np.mean(merged == images.labels)), cycles)]
     baseline = Baseline.load(baseline_spec)
     full = baseline.model.eval()
     with torch.no_grad():
@@ -127,8 +131,8 @@ def _split_costs(baseline: Baseline, split: int, images: ImageDataset, repeats: 
 
 def predict_ms(costs: Costs, link: LinkProfile, device: DeviceModel) -> float:
     """The candidate's latency on ``link`` and ``device``, from its measured costs."""
-    compute = device.compute_ms(costs.device_ms, costs.device_macs) + device.encode_ms(costs.codec_ms,
-                                                                                       costs.codec_ms)
+    compute = device.compute_ms(costs.device_ms, costs.device_macs) + \
+        device.encode_ms(costs.codec_ms, costs.codec_ms, costs.codec_cycles)
     if costs.payload_bytes == 0:
         return compute
     compact = slow_link(link)

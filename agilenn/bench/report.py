@@ -29,7 +29,8 @@ def modelled_stages(
     """
     stages = {stage: outcome.stages_ms.get(stage, 0.0) for stage in STAGES}
     stages["device"] = device.compute_ms(stages["device"], scheme.device_macs)
-    stages["encode"] = device.encode_ms(stages["encode"], outcome.codec_ms if codec_ms is None else codec_ms)
+    stages["encode"] = device.encode_ms(stages["encode"], outcome.codec_ms if codec_ms is None else codec_ms,
+                                        scheme.codec_cycles)
     stages["merge"] = device.compute_ms(stages["merge"], scheme.merge_macs)
     return stages
 

@@ -52,6 +52,7 @@ class Scheme:
     offloads: bool
     classify: Callable[[np.ndarray], Outcome]
     merge_macs: int = 0  # the device's arithmetic on the reply: AgileNN's weighted sum of logits
+    codec_cycles: int = 0  # the payload codec's cycles on an MCU, when priced that way (0: scale host time)
 
 
 class Closeable(Protocol):
