@@ -28,7 +28,7 @@ from agilenn.codec import FeatureCodec
 from agilenn.pretrained import DEFAULT_MODEL, load_checkpoint
 from transports.curve import CurveClientConfig
 from transports.emulator import LinkProfile, emulated, last_uplink_seconds
-from transports.errors import TransportError
+from transports.errors import RequestTimeout, TransportError
 from transports.messages import (
     ErrorReply,
     InferReply,
@@ -111,12 +111,14 @@ class EdgeClient:
                  device_id: str = "edge-0", timeout_s: float = 1.0,
                  curve: CurveClientConfig | None = None, seed: int = 0, merge: str = "device",
                  transport: MessageTransport | None = None, compact: bool | None = None,
-                 server_timings: bool = False) -> None:
+                 server_timings: bool = False, adaptive_timeout: bool = True) -> None:
         """``transport``: talk to the server over it instead of connecting to ``server`` (the
         test seam: a :class:`~transports.memory.MemoryClientTransport`, say); ``link`` emulates
         a link under either. ``compact``: use compact sessions (transports/compact.py); by
         default on links below 1 Mbit/s. ``server_timings``: ask for the server's timings in
-        compact replies (full replies always carry them)."""
+        compact replies (full replies always carry them). ``adaptive_timeout``: resend after the
+        RFC 6298 timeout estimated from measured round trips, within ``timeout_s`` (else wait it
+        out once)."""
         if merge not in ("device", "server"):
             raise ValueError(f"merge must be 'device' or 'server', not {merge!r}")
         self.merge_on_device = merge == "device"
@@ -141,7 +143,13 @@ class EdgeClient:
             self._compact: CompactClient | None = None
             if compact or (compact is None and slow_link(link)):
                 self._compact = CompactClient(self._transport, timings=server_timings)
-            self._requester = Requester(self._compact or self._transport, timeout=timeout_s, attempts=1)
+            self._requester = Requester(self._compact or self._transport, timeout=timeout_s, attempts=1,
+                                        adaptive_timeout=adaptive_timeout)
+
+    @property
+    def requester(self) -> Requester | None:
+        """The request/reply machinery to the server (its stats and retransmission timer), if any."""
+        return self._requester
 
     def switch_model(self, model: str) -> None:
         """Run ``model`` from the next request on (a rollout). It loads first, so a bad file
@@ -207,6 +215,9 @@ class EdgeClient:
             # Lazy Pirate: drop the connection so a queued stale request is not served later.
             with contextlib.suppress(TransportError, zmq.ZMQError):
                 self._transport.reconnect()
+            if timeout < self.timeout_s and isinstance(exc, RequestTimeout):  # the deadline cut it short
+                return self._local(local, "deadline-late", f"deadline: no reply within {self.deadline_ms} ms",
+                                   started, stages, sent, len(wire))
             return self._local(local, "link", f"link: {exc}", started, stages, sent, len(wire))
         received = time.monotonic()
         # What the link carried: a compact session's frames, not the full messages they stand for.

@@ -8,9 +8,17 @@ the last) and reassembled on the other side.
 
 * Sender: at most ``window`` frames in flight. A cumulative ACK(n) confirms
   everything before n; NAK(n) asks for frame n again at once; a frame unanswered
-  for ``retransmit_timeout`` is sent again, up to ``max_retries`` times, after
+  for the retransmission timeout is sent again, up to ``max_retries`` times, after
   which its message and every message with frames in flight are reported
   failed and the stream is RESET so the receiver drops partial messages.
+* The retransmission timeout is estimated from measured round trips (RFC 6298,
+  :class:`~transports.rto.RetransmitTimer`): each ACK that newly confirms frames
+  none of which was ever resent gives one sample, the newest of those frames'
+  (Karn's rule: a resent frame's ACK may answer either copy, and a NAK answers a
+  later frame's arrival, so neither gives one); so does a RESET_ACK to a RESET
+  sent once. It starts at ``retransmit_timeout``, stays within
+  [``min_retransmit_timeout``, ``max_retransmit_timeout``] and doubles at every
+  timeout until the next sample.
 * Receiver: buffers out-of-order frames inside the window, suppresses
   duplicates by sequence number, NAKs a gap once, and ACKs every DATA frame.
 * Every sender starts with a RESET handshake carrying a fresh 32-bit epoch,
@@ -32,31 +40,53 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from .framing import Frame, FrameKind, decode_frame, encode_frame, max_wire_size
+from .rto import RetransmitTimer, RtoConfig
 
 SEQ_SPACE = 256
 _EPOCH = struct.Struct("<I")
+# G in RFC 6298: ReliableLink runs the timers at least every 5 ms (its read slice) on a quiet line.
+TIMER_GRANULARITY = 0.005
 
 
 @dataclass(frozen=True)
 class ArqConfig:
     max_frame_payload: int = 240
     window: int = 8
-    retransmit_timeout: float = 0.25
+    retransmit_timeout: float = 0.25  # before the first round trip is measured
     max_retries: int = 10
     max_message_bytes: int = 256 * 1024
+    min_retransmit_timeout: float = 0.01  # two of ReliableLink's 5 ms timer rounds
+    max_retransmit_timeout: float = 1.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.window <= SEQ_SPACE // 2:
             raise ValueError("window must lie in [1, 128] for 8-bit selective repeat")
         if not 1 <= self.max_frame_payload <= 0xFFFF:
             raise ValueError("max_frame_payload must lie in [1, 65535]")
+        _ = self.rto_config  # raises ValueError unless min <= retransmit_timeout <= max
+
+    @property
+    def rto_config(self) -> RtoConfig:
+        return RtoConfig(initial=self.retransmit_timeout, floor=self.min_retransmit_timeout,
+                         ceiling=self.max_retransmit_timeout, granularity=TIMER_GRANULARITY)
 
     @classmethod
     def for_line_rate(cls, bytes_per_second: float, **overrides: object) -> ArqConfig:
-        """A timeout that covers a full window's serialisation both ways, plus margin."""
+        """Timeouts for a line whose only delay is serialisation (a UART).
+
+        Initial and ceiling: 50 ms plus 2.5 times a full window's serialisation,
+        the longest a frame's ACK can take (behind the whole window) with margin;
+        backing off further would only delay recovery. Floor: 50 ms plus two full frames, one
+        for the frame itself and one that the ACK may queue behind at the peer; a
+        window of steady samples would otherwise shrink RTTVAR and with it the RTO
+        below what the next frame queued behind the peer's own traffic takes.
+        """
         base = cls(**overrides)  # type: ignore[arg-type]
-        window_seconds = base.window * max_wire_size(base.max_frame_payload) / bytes_per_second
-        return cls(**{**base.__dict__, "retransmit_timeout": 0.05 + 2.5 * window_seconds})
+        frame_seconds = max_wire_size(base.max_frame_payload) / bytes_per_second
+        window_timeout = 0.05 + 2.5 * base.window * frame_seconds
+        return cls(**{**base.__dict__, "retransmit_timeout": window_timeout,
+                      "max_retransmit_timeout": window_timeout,
+                      "min_retransmit_timeout": 0.05 + 2 * frame_seconds})
 
 
 @dataclass
@@ -103,6 +133,8 @@ class ArqEndpoint:
         self._fragment_totals: dict[int, int] = {}
         self._resetting = True
         self._reset_sent_at: float | None = None
+        self._reset_resent = False
+        self.retransmit_timer = RetransmitTimer(self.config.rto_config)
         self._epoch = random.SystemRandom().getrandbits(32)
         # receiver
         self._peer_epoch: bytes | None = None  # None until the first RESET: no stream yet
@@ -159,20 +191,27 @@ class ArqEndpoint:
 
     def poll(self, now: float) -> None:
         """Run the retransmission timers."""
-        timeout = self.config.retransmit_timeout
+        timeout = self.retransmit_timer.rto
         if self._resetting:
             if self._reset_sent_at is not None and now - self._reset_sent_at >= timeout:
-                self._send_reset(now)
+                self.retransmit_timer.back_off()
+                self._send_reset(now, resend=True)
             return
-        for seq, entry in list(self._inflight.items()):
-            if now - entry.sent_at < timeout:
-                continue
-            if entry.retries >= self.config.max_retries:
+        expired = [seq for seq, entry in self._inflight.items() if now - entry.sent_at >= timeout]
+        for seq in expired:
+            if self._inflight[seq].retries >= self.config.max_retries:
                 failed = {e.message_id for e in self._inflight.values()}
                 self._fail(failed, now)
                 return
             self._retransmit(seq, now)
+        if expired:  # one timeout, however many frames it caught: back off once
+            self.retransmit_timer.back_off()
         self._pump(now)
+
+    @property
+    def retransmit_timeout(self) -> float:
+        """The current retransmission timeout, in seconds."""
+        return self.retransmit_timer.rto
 
     def take_frames(self) -> list[bytes]:
         """Encoded frames to write, oldest first."""
@@ -206,8 +245,8 @@ class ArqEndpoint:
         self.stats.frames_sent += 1
         return wire
 
-    def _send_reset(self, now: float) -> None:
-        self._reset_sent_at = now
+    def _send_reset(self, now: float, resend: bool = False) -> None:
+        self._reset_sent_at, self._reset_resent = now, resend
         self._emit(Frame(FrameKind.RESET, self._next_seq, _EPOCH.pack(self._epoch)))
 
     def _pump(self, now: float) -> None:
@@ -252,11 +291,15 @@ class ArqEndpoint:
         self._pending = deque(p for p in self._pending if p[0] not in message_ids)
         self._pump(now)
 
-    def _on_ack(self, next_expected: int) -> None:
-        for seq in list(self._inflight):
-            if not 0 < _distance(seq, next_expected) <= self.config.window:
-                continue
-            message_id = self._inflight.pop(seq).message_id
+    def _on_ack(self, next_expected: int, now: float, sample: bool = True) -> None:
+        confirmed = [self._inflight.pop(seq) for seq in list(self._inflight)
+                     if 0 < _distance(seq, next_expected) <= self.config.window]
+        if sample and confirmed:
+            newest = max(entry.sent_at for entry in confirmed)
+            self.retransmit_timer.observe(max(0.0, now - newest),
+                                          retransmitted=any(entry.retries for entry in confirmed))
+        for entry in confirmed:
+            message_id = entry.message_id
             left = self._fragments_left[message_id] - 1
             if left:
                 self._fragments_left[message_id] = left
@@ -269,9 +312,9 @@ class ArqEndpoint:
         if frame.kind is FrameKind.DATA:
             self._on_data(frame)
         elif frame.kind is FrameKind.ACK:
-            self._on_ack(frame.seq)
+            self._on_ack(frame.seq, now)
         elif frame.kind is FrameKind.NAK:
-            self._on_ack(frame.seq)
+            self._on_ack(frame.seq, now, sample=False)
             if frame.seq in self._inflight:
                 self._retransmit(frame.seq, now)
         elif frame.kind is FrameKind.RESET:
@@ -279,6 +322,9 @@ class ArqEndpoint:
         elif frame.kind is FrameKind.RESET_ACK:
             if (self._resetting and frame.seq == self._next_seq
                     and frame.payload == _EPOCH.pack(self._epoch)):
+                if self._reset_sent_at is not None:
+                    self.retransmit_timer.observe(max(0.0, now - self._reset_sent_at),
+                                                  retransmitted=self._reset_resent)
                 self._resetting, self._reset_sent_at = False, None
         elif frame.kind is FrameKind.RESYNC:
             if not self._resetting and self._inflight:

@@ -45,6 +45,7 @@ from .errors import (
     TransportError,
 )
 from .pipe import MessageTransport
+from .rto import RetransmitTimer, RtoConfig
 
 log = logging.getLogger("agilenn.transports.zmq")
 # The hard cap, far above the schema's 256 KiB limit: anything up to it reaches
@@ -304,12 +305,21 @@ class RequesterStats:
     replies: int = 0
     retries: int = 0
     """Resends after a timeout (each preceded by a reconnect)."""
+    retransmits: int = 0
+    """Resends after the retransmission timeout, on the same connection (``adaptive_timeout``)."""
     timeouts: int = 0
     """Attempts that got no matching reply in time."""
     stale_discarded: int = 0
     """Messages received while waiting that ``is_reply`` rejected (late replies to earlier requests)."""
     drops: int = 0
     """Connections the server dropped while a request was in flight (each resent at once)."""
+
+
+# The ZeroMQ client's retransmission timer (see docs/LINKS.md, "The retransmission timer"): 1 s
+# until the first round trip is measured; a 20 ms floor, far under RFC 6298's 1 s, which exists
+# for delayed ACKs (up to 500 ms) and coarse clocks, neither of which a request/reply here has;
+# G = 1 ms, the resolution of ZeroMQ's poll.
+REQUEST_RTO = RtoConfig(initial=1.0, floor=0.02, ceiling=60.0, granularity=0.001)
 
 
 class Requester:
@@ -323,6 +333,17 @@ class Requester:
     server drops while the request is in flight is noticed at once, and the
     request is resent within the same attempt (up to ``drop_resends`` times).
 
+    With ``adaptive_timeout`` (the default), a request also goes out again on
+    the same connection whenever the retransmission timeout passes without a
+    reply, inside the attempt: a lost message then costs the RTO, a few round
+    trips, not ``timeout``. The timeout is estimated from measured round trips by
+    RFC 6298 (:class:`~transports.rto.RetransmitTimer`, bounded by ``rto``),
+    doubled on each such resend, and no round trip is measured on a request
+    that was sent more than once (Karn), since a resend carries the same bytes,
+    request id included, and so its reply cannot be told from the original's.
+    ``timeout`` still bounds each attempt, resends included. Without it, an
+    attempt waits the whole ``timeout`` before the Lazy Pirate retry.
+
     Thread-safety: one lock around :meth:`request`, so concurrent callers are
     served one at a time and only one request is ever outstanding on the
     socket. Use one Requester per client transport, and that transport only
@@ -330,7 +351,8 @@ class Requester:
     """
 
     def __init__(self, client: MessageTransport, *, timeout: float = 1.0, attempts: int = 3,
-                 backoff_initial: float = 0.05, backoff_max: float = 2.0, drop_resends: int = 2) -> None:
+                 backoff_initial: float = 0.05, backoff_max: float = 2.0, drop_resends: int = 2,
+                 adaptive_timeout: bool = True, rto: RtoConfig = REQUEST_RTO) -> None:
         if timeout <= 0 or attempts < 1 or backoff_initial < 0 or backoff_max < backoff_initial:
             raise ValueError("need timeout > 0, attempts >= 1 and 0 <= backoff_initial <= backoff_max")
         self.client = client
@@ -339,6 +361,8 @@ class Requester:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.drop_resends = drop_resends
+        self.adaptive_timeout = adaptive_timeout
+        self.retransmit_timer = RetransmitTimer(rto)
         self.stats = RequesterStats()
         self._lock = threading.Lock()
 
@@ -357,9 +381,7 @@ class Requester:
                     self.client.reconnect()
                     time.sleep(self._backoff(attempt))
                     self.stats.retries += 1
-                self.client.send(message)
-                self.stats.sent += 1
-                reply = self._await_reply(message, is_reply)
+                reply = self._attempt(message, is_reply)
                 if reply is not None:
                     self.stats.replies += 1
                     return reply
@@ -373,24 +395,45 @@ class Requester:
     def _backoff(self, attempt: int) -> float:
         return min(self.backoff_max, self.backoff_initial * 2 ** (attempt - 2))
 
-    def _await_reply(self, request: bytes, is_reply: Callable[[bytes], bool]) -> bytes | None:
-        deadline = time.monotonic() + self.timeout
+    def _send(self, message: bytes) -> float:
+        """Send ``message``; returns when the send began, where its round trip starts."""
+        began = time.monotonic()
+        self.client.send(message)
+        self.stats.sent += 1
+        return began
+
+    def _attempt(self, request: bytes, is_reply: Callable[[bytes], bool]) -> bytes | None:
+        """One attempt: send, then wait ``timeout``, resending when the RTO passes or the connection
+        drops; the round trip is timed from the start of the send, the link's own time included."""
+        timer = self.retransmit_timer
+        sent_at = self._send(request)
+        deadline = time.monotonic() + self.timeout  # after the send, which an emulated link blocks
+        resent = False
         drops_left = self.drop_resends
-        while (remaining := deadline - time.monotonic()) > 0:
+        while (now := time.monotonic()) < deadline:
+            resend_at = sent_at + timer.rto if self.adaptive_timeout else deadline
+            if now >= resend_at:
+                timer.back_off()
+                self.stats.retransmits += 1
+                log.debug("no reply from %s within the %.3f s RTO; resending", self.client.endpoint,
+                          resend_at - sent_at)
+                sent_at, resent = self._send(request), True
+                continue
             try:
-                message = self.client.recv(remaining)
+                message = self.client.recv(min(deadline, resend_at) - now)
             except ConnectionDropped:
                 if not drops_left:
                     raise
                 drops_left -= 1
                 self.stats.drops += 1
                 log.info("%s dropped the connection; resending the request", self.client.endpoint)
-                self.client.send(request)
-                self.stats.sent += 1
+                sent_at, resent = self._send(request), True
                 continue
             if message is None:
-                return None
+                continue
             if is_reply(message):
+                if self.adaptive_timeout:
+                    timer.observe(time.monotonic() - sent_at, retransmitted=resent)
                 return message
             self.stats.stale_discarded += 1
             log.debug("discarded a message that is not the awaited reply (%d bytes)", len(message))
