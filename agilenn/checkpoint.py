@@ -128,20 +128,29 @@ class Checkpoint:
 
 
 
+# The codec's bytes fields. A prior exists only in layout rans, so older checkpoints have none.
+_CODEC_BYTES = ("dictionary", "prior")
+
+
 def _codec_to_storable(codec: CodecSettings) -> dict[str, Any]:
     # torch's weights-only loader refuses an empty bytes object, so the
-    # dictionary travels as a uint8 tensor.
+    # dictionary (and a rans prior) travel as uint8 tensors.
     values = codec.to_dict()
-    values["dictionary"] = torch.tensor(list(codec.dictionary), dtype=torch.uint8)
+    for name in _CODEC_BYTES:
+        if name in values:
+            values[name] = torch.tensor(list(values[name]), dtype=torch.uint8)
     return values
 
 
 def _codec_from_storable(values: Mapping[str, Any]) -> CodecSettings:
     stored = dict(values)
-    dictionary = stored.get("dictionary")
-    if not isinstance(dictionary, Tensor) or dictionary.dtype != torch.uint8:
-        raise ValueError("codec dictionary must be a uint8 tensor")
-    stored["dictionary"] = dictionary.numpy().tobytes()
+    for name in _CODEC_BYTES:
+        if name == "prior" and name not in stored:
+            continue
+        tensor = stored.get(name)
+        if not isinstance(tensor, Tensor) or tensor.dtype != torch.uint8:
+            raise ValueError(f"codec {name} must be a uint8 tensor")
+        stored[name] = tensor.numpy().tobytes()
     return CodecSettings.from_dict(stored)
 
 

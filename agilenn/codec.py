@@ -5,11 +5,14 @@ Payload layout (all integers unsigned)::
     byte 0      0xA0 | FORMAT_VERSION          marker + version
     byte 1      layout (bits 0-1) | (bits_per_symbol - 1) << 2
     varints     channels, height, width        LEB128, 1 byte each below 128
-    rest        zstd frame of the symbols      magic-less, no checksum
+    rest        the body
 
 ``layout`` is LAYOUT_BYTES (one byte per symbol) or LAYOUT_BITPACKED (symbols
-packed MSB-first at ``bits_per_symbol`` each). A zstd dictionary, if the codec
-has one, is part of the model's codec settings, not of the payload.
+packed MSB-first at ``bits_per_symbol`` each), each body a zstd frame
+(magic-less, no checksum), or LAYOUT_RANS, a body coded by
+:mod:`agilenn.entropy` with a prior fitted on training payloads. A zstd
+dictionary or a rans prior is part of the model's codec settings, not of the
+payload.
 """
 
 from __future__ import annotations
@@ -23,13 +26,15 @@ from typing import Any
 import numpy as np
 import zstandard
 
+from .entropy import Prior, fit_prior, prior_from_bytes
 from .errors import CodecError
 
 FORMAT_VERSION = 1
 _MARKER = 0xA0
 LAYOUT_BYTES = 0
 LAYOUT_BITPACKED = 1
-LAYOUTS = {"bytes": LAYOUT_BYTES, "bitpacked": LAYOUT_BITPACKED}
+LAYOUT_RANS = 2
+LAYOUTS = {"bytes": LAYOUT_BYTES, "bitpacked": LAYOUT_BITPACKED, "rans": LAYOUT_RANS}
 MAX_SYMBOLS = 1 << 20  # caps what a hostile header can make the decoder allocate
 _ZSTD_FORMAT = zstandard.FORMAT_ZSTD1_MAGICLESS  # the 4-byte magic is dead weight on a 100-byte payload
 
@@ -40,20 +45,37 @@ class CodecSettings:
     layout: str = "bytes"
     level: int = 19
     dictionary: bytes = field(default=b"", repr=False)
+    prior: bytes = field(default=b"", repr=False)  # layout rans only: entropy.Prior.to_bytes()
 
     def __post_init__(self) -> None:
         if not 2 <= self.n_centroids <= 256:
             raise ValueError("n_centroids must lie in [2, 256]")
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {sorted(LAYOUTS)}, not {self.layout!r}")
+        if (self.layout == "rans") != bool(self.prior):
+            raise ValueError("layout rans takes a prior fitted on training payloads "
+                             "(agilenn codec --layout rans), and no other layout takes one")
+        if self.prior:
+            if self.dictionary:
+                raise ValueError("layout rans has no zstd body, so no dictionary")
+            n_symbols = self.parsed_prior().n_symbols
+            if n_symbols != self.n_centroids:
+                raise ValueError(f"the prior codes {n_symbols} symbols, not {self.n_centroids} centroids")
+
+    def parsed_prior(self) -> Prior:
+        """The rans prior; ``ValueError`` if its bytes are malformed."""
+        return prior_from_bytes(self.prior)
 
     @property
     def bits_per_symbol(self) -> int:
         return max(1, math.ceil(math.log2(self.n_centroids)))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"n_centroids": self.n_centroids, "layout": self.layout,
-                "level": self.level, "dictionary": self.dictionary}
+        values = {"n_centroids": self.n_centroids, "layout": self.layout,
+                  "level": self.level, "dictionary": self.dictionary}
+        if self.prior:  # absent otherwise, so the hashes of older models stay as they were
+            values["prior"] = self.prior
+        return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> CodecSettings:
@@ -145,6 +167,7 @@ class FeatureCodec:
         self.settings = settings
         self._layout_code = LAYOUTS[settings.layout]
         self._frames = ZstdFrames(settings.level, settings.dictionary)
+        self._prior = settings.parsed_prior() if settings.prior else None
 
     def encode(self, symbols: np.ndarray) -> bytes:
         """Encode one sample's symbols, shape (channels, height, width)."""
@@ -157,10 +180,14 @@ class FeatureCodec:
         header = bytearray((_MARKER | FORMAT_VERSION, self._layout_code | (bits - 1) << 2))
         for dim in symbols.shape:
             _write_varint(dim, header)
+        if self._prior is not None:
+            return bytes(header) + self._prior.encode(symbols)  # ValueError on another shape
         return bytes(header) + self._frames.compress(self.raw_body(symbols))
 
     def raw_body(self, symbols: np.ndarray) -> bytes:
         """The uncompressed body of ``encode``: what a zstd dictionary is trained on."""
+        if self._layout_code == LAYOUT_RANS:
+            raise ValueError("layout rans has no zstd body")
         flat = np.asarray(symbols).astype(np.uint8).ravel()
         if self._layout_code == LAYOUT_BYTES:
             return flat.tobytes()
@@ -171,20 +198,26 @@ class FeatureCodec:
         if not isinstance(payload, (bytes, bytearray, memoryview)):
             raise CodecError(f"payload must be bytes, not {type(payload).__name__}")
         data = bytes(payload)
-        shape, body_size, pos = self._parse_header(data)
+        shape, pos = self._parse_header(data)
+        if self._prior is not None:
+            if shape != self._prior.shape:
+                raise CodecError(f"payload shape {shape}; this model's rans prior codes {self._prior.shape}")
+            return self._prior.decode(data[pos:])
+        count = math.prod(shape)
+        bits = self.settings.bits_per_symbol
+        body_size = count if self._layout_code == LAYOUT_BYTES else (count * bits + 7) // 8
         body = self._frames.decompress(data[pos:], body_size)
-        count = int(np.prod(shape))
         if self._layout_code == LAYOUT_BYTES:
             flat = np.frombuffer(body, dtype=np.uint8)
         else:
-            flat = _unpack_bits(body, count, self.settings.bits_per_symbol)
+            flat = _unpack_bits(body, count, bits)
         if flat.max() >= self.settings.n_centroids:
             raise CodecError(
                 f"symbol {flat.max()} out of range for {self.settings.n_centroids} centroids"
             )
         return flat.reshape(shape).copy()
 
-    def _parse_header(self, data: bytes) -> tuple[tuple[int, int, int], int, int]:
+    def _parse_header(self, data: bytes) -> tuple[tuple[int, int, int], int]:
         if len(data) < 3:
             raise CodecError(f"payload of {len(data)} bytes is shorter than a header")
         if data[0] & 0xF0 != _MARKER:
@@ -209,8 +242,7 @@ class FeatureCodec:
             raise CodecError(f"shape {tuple(dims)} holds no symbols")
         if count > MAX_SYMBOLS:
             raise CodecError(f"shape {tuple(dims)} exceeds the {MAX_SYMBOLS}-symbol limit")
-        body_size = count if layout == LAYOUT_BYTES else (count * bits + 7) // 8
-        return (dims[0], dims[1], dims[2]), body_size, pos
+        return (dims[0], dims[1], dims[2]), pos
 
 
 def order0_entropy_bits(symbol_counts: np.ndarray) -> float:
@@ -233,3 +265,14 @@ def train_dictionary(settings: CodecSettings, samples: Iterable[np.ndarray], siz
     except zstandard.ZstdError as exc:
         raise ValueError(f"cannot train a {size}-byte dictionary on {len(bodies)} samples: {exc}") from exc
     return replace(settings, dictionary=dictionary.as_bytes())
+
+
+def fit_rans(settings: CodecSettings, samples: Iterable[np.ndarray], kind: str = "context") -> CodecSettings:
+    """Settings with layout rans and a prior of ``kind`` fitted on symbol samples.
+
+    Fit on training-set payloads only, of the shape the model sends. rans has
+    no use for a zstd level, so it is reset to the default: the model hash then
+    does not depend on the level the model happened to have before.
+    """
+    prior = fit_prior(samples, settings.n_centroids, kind)
+    return replace(settings, layout="rans", level=CodecSettings.level, dictionary=b"", prior=prior.to_bytes())

@@ -17,6 +17,7 @@ from agilenn.codec import (
     FORMAT_VERSION,
     LAYOUT_BITPACKED,
     LAYOUT_BYTES,
+    LAYOUT_RANS,
     LAYOUTS,
     MAX_SYMBOLS,
     CodecSettings,
@@ -512,6 +513,6 @@ def test_settings_dict_round_trip(trained_dictionary: bytes) -> None:
 
 def test_layout_codes_are_stable() -> None:
     # Wire constants: changing them breaks every payload already produced.
-    assert LAYOUTS == {"bytes": LAYOUT_BYTES, "bitpacked": LAYOUT_BITPACKED}
-    assert (LAYOUT_BYTES, LAYOUT_BITPACKED, FORMAT_VERSION) == (0, 1, 1)
+    assert LAYOUTS == {"bytes": LAYOUT_BYTES, "bitpacked": LAYOUT_BITPACKED, "rans": LAYOUT_RANS}
+    assert (LAYOUT_BYTES, LAYOUT_BITPACKED, LAYOUT_RANS, FORMAT_VERSION) == (0, 1, 2, 1)
     assert MAX_SYMBOLS == 1 << 20

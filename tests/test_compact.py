@@ -234,7 +234,7 @@ def test_the_worked_example_of_the_protocol_doc() -> None:
     error = pack_frame(Frame(MessageType.ERROR, 0, 5, 257, error_body(ErrorReply("unknown-session", ""))))
     assert error.hex() == "c13005010d" and "c13005010d" in doc
     hello = Hello("compact-session", compact_session=True).message(2**32 - 1, "mcu-01",
-                                                                     bytes.fromhex("cca630480292b6c0"))
-    granted = HelloReply(True, "", 0, 5).message(2**32 - 1, "mcu-01", bytes.fromhex("cca630480292b6c0"))
+                                                                     bytes.fromhex("31dc1344bc089285"))
+    granted = HelloReply(True, "", 0, 5).message(2**32 - 1, "mcu-01", bytes.fromhex("31dc1344bc089285"))
     for message in (hello, granted):
         assert encode_message(message).hex() in doc

@@ -615,9 +615,8 @@ def test_golden_infer_request_bytes() -> None:
 
 
 DOC_REQUEST_HEX = (  # docs/PROTOCOL.md, "Worked example: an INFER_REQUEST"
-    "97010101a66d63752d3031c408cca630480292b6c08082a170c42ea108100707000025010031"
-    "010ffc9069259ff7ebc5ddf78de42062d702b180232f6041a5f78fadb87c85bc6e8321a16cc4"
-    "148cc8f8c365c387b3b1c9d7c60dcdfc4833c6d3bf"
+    "97010101a66d63752d3031c40831dc1344bc0892858082a170c415a10a1007070602d37c5d5e"
+    "568b47347c677312da98a16cc4148cc8f8c365c387b3b1c9d7c60dcdfc4833c6d3bf"
 )
 
 
@@ -625,14 +624,14 @@ def test_worked_example_of_the_protocol_doc() -> None:
     doc = (Path(__file__).resolve().parents[1] / "docs" / "PROTOCOL.md").read_text()
     assert DOC_REQUEST_HEX in doc.replace("\n", "")  # the doc shows exactly these bytes
     data = bytes.fromhex(DOC_REQUEST_HEX)
-    assert len(data) == 97
+    assert len(data) == 72
     request = decode_message(data)
     assert (request.type, request.request_id, request.device_id) == (MessageType.INFER_REQUEST, 1, "mcu-01")
-    assert request.model_hash.hex() == "cca630480292b6c0"
-    assert request.body["p"][:5] == bytes.fromhex("a108100707") and len(request.body["p"]) == 46
+    assert request.model_hash.hex() == "31dc1344bc089285"
+    assert request.body["p"][:5] == bytes.fromhex("a10a100707") and len(request.body["p"]) == 21
     assert int(np.argmax(logits_from_bytes(request.body["l"]))) == 7  # MNIST test image 0 is a 7
     assert encode_message(request) == data
-    assert len(encode_message(request._replace(body={"p": request.body["p"]}))) == 73  # without l
+    assert len(encode_message(request._replace(body={"p": request.body["p"]}))) == 48  # without l
     timings = {"q": 210, "s": 1130, "b": 1}
     reply = Message(MessageType.INFER_REPLY, 1, "mcu-01", request.model_hash,
                     {"c": 7, "pr": logits_to_bytes(np.full(10, 0.1)), "tm": timings})

@@ -288,7 +288,7 @@ def test_server_daemon_stops_cleanly_on_sigterm() -> None:
     try:
         assert process.stderr is not None
         line = process.stderr.readline()  # the "serving HASH (SPEC) on ..." log line
-        assert "serving cca630480292b6c0 (pretrained:mnist) on tcp://" in line, line
+        assert "serving 31dc1344bc089285 (pretrained:mnist) on tcp://" in line, line
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
         assert "stopped" in process.stderr.read()

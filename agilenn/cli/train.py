@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", help="dataset folder (default: $AGILENN_DATA)")
     parser.add_argument("--out", required=True, type=Path, help="checkpoint to write (.agnn)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT.train-state.pt")
-    parser.add_argument("--codec-layout", choices=sorted(LAYOUTS), default="bytes")
+    # rans needs a prior fitted on the trained model's payloads: `agilenn codec --layout rans` afterwards.
+    parser.add_argument("--codec-layout", choices=sorted(set(LAYOUTS) - {"rans"}), default="bytes")
     parser.add_argument("--codec-level", type=int, default=19, help="zstd level")
     parser.add_argument("--half", action="store_true", help="store weights as float16 (half the size)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
