@@ -31,6 +31,7 @@ class EdgeConfig(DaemonConfig):
     reply_timeout_s: float = 10.0  # gateway: how long the MCU has to acknowledge an answer
     curve_secret_key: str = ""  # this node's key pair
     curve_server_key: str = ""  # the server's public key
+    torch_threads: int = 1  # a device part at batch 1 gains little from more, and loses much beside others
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -38,6 +39,8 @@ class EdgeConfig(DaemonConfig):
             raise ValueError(f"merge must be one of {', '.join(MERGES)}, not {self.merge!r}")
         if self.limit < 0 or self.deadline_ms < 0 or self.timeout_s <= 0 or self.reply_timeout_s <= 0:
             raise ValueError("limit and deadline_ms cannot be negative; the timeouts must be positive")
+        if self.torch_threads < 1:
+            raise ValueError("torch_threads must be at least 1")
         if bool(self.curve_secret_key) != bool(self.curve_server_key):
             raise ValueError("CURVE needs both curve_secret_key and curve_server_key")
         if self.serial and not self.server:

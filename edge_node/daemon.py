@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from agilenn.daemon import Daemon
 from agilenn.data import load_dataset
@@ -105,6 +106,7 @@ class EdgeNode(Daemon):
 
     def load(self) -> None:
         config = self.config
+        torch.set_num_threads(config.torch_threads)
         self._client = EdgeClient(
             config.model, server=config.server or None, deadline_ms=config.deadline_ms or None,
             link=config.link or None, device_id=config.device_id, timeout_s=config.timeout_s,
