@@ -18,6 +18,9 @@ PRETRAINED = {
     "mnist": "mnist.agnn",
     "mnist-full-cnn": "mnist-full-cnn.agbl",
     "mnist-tiny-cnn": "mnist-tiny-cnn.agbl",
+    "cluttered-mnist": "cluttered-mnist.agnn",
+    "cluttered-mnist-full-cnn": "cluttered-mnist-full-cnn.agbl",
+    "cluttered-mnist-tiny-cnn": "cluttered-mnist-tiny-cnn.agbl",
 }
 DEFAULT_MODEL = PREFIX + "mnist"
 BASELINE_SUFFIX = ".agbl"

@@ -86,7 +86,7 @@ class ServedBaseline:
             raise CheckpointError(f"a {checkpoint.arch} runs on the device; only a full-cnn can be served")
         self.model = model
         self.model_hash = bytes.fromhex(checkpoint.model_hash)
-        self.payloads = baseline_payloads(model, checkpoint.raw_dictionary)
+        self.payloads = baseline_payloads(model, checkpoint.raw_dictionary, checkpoint.input_shape)
         self.description = f"{checkpoint.arch} {checkpoint.model_hash} (raw, jpeg and split8 payloads)"
 
     def prepare(self, request: InferRequest) -> tuple[int, np.ndarray]:

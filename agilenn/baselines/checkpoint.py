@@ -40,6 +40,15 @@ class BaselineCheckpoint:
     def model_hash(self) -> str:
         return content_hash([self.arch, self.arch_kwargs, self.raw_dictionary], self.state_dict)
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """The image shape (C, H, W) the model was trained on; MNIST's where none was recorded."""
+        shape = self.metadata.get("input_shape", (1, 28, 28))
+        if not (isinstance(shape, (list, tuple)) and len(shape) == 3 and
+                all(isinstance(side, int) and side > 0 for side in shape)):
+            raise CheckpointError(f"baseline metadata input_shape {shape!r} is not three positive integers")
+        return int(shape[0]), int(shape[1]), int(shape[2])
+
     def build_model(self) -> nn.Module:
         try:
             factory = BASELINE_ARCHS[self.arch]

@@ -3,7 +3,9 @@
 ``load_dataset(name, split, data_dir)`` picks a loader by name from
 :data:`DATASETS`, or takes a spec: ``mnist-c:NAME`` (the MNIST split with an
 MNIST-C corruption, see :mod:`.mnist_c`) or ``npz:PATH`` (a user's labelled
-samples, see :mod:`.npz`). ``dataset_spec`` checks such a name for argparse;
+samples, see :mod:`.npz`), or ``cluttered-mnist`` / ``cluttered-mnist:SIZE``
+(each MNIST digit on a 64x64 or SIZE x SIZE canvas among fragments of other
+digits, see :mod:`.cluttered`). ``dataset_spec`` checks such a name for argparse;
 ``resolve_data_dir`` applies the ``--data-dir`` / ``AGILENN_DATA`` rule.
 """
 
@@ -20,6 +22,7 @@ import numpy as np
 
 from ..errors import DataError
 from .cifar10 import load_cifar10
+from .cluttered import DEFAULT_SIZE as CLUTTERED_SIZE, NAME as CLUTTERED, check_size, load_cluttered_mnist
 from .dataset import ImageDataset
 from .mnist import load_mnist
 from .mnist_c import CORRUPTIONS, corrupt, lookup, split_seed
@@ -67,8 +70,11 @@ _BUILTIN_LOADERS: dict[str, Callable[[str], ImageDataset]] = {
 DATASETS = sorted([*_FOLDER_LOADERS, *_BUILTIN_LOADERS])
 MNIST_C_PREFIX = "mnist-c:"
 NPZ_PREFIX = "npz:"
+CLUTTERED_PREFIX = CLUTTERED + ":"
 DATASET_HELP = (f"{', '.join(DATASETS)}; {MNIST_C_PREFIX}NAME for MNIST with an MNIST-C corruption "
-                f"({', '.join(CORRUPTIONS)}); or {NPZ_PREFIX}PATH for an .npz with images and labels")
+                f"({', '.join(CORRUPTIONS)}); {CLUTTERED} ({CLUTTERED_SIZE}x{CLUTTERED_SIZE}) or "
+                f"{CLUTTERED_PREFIX}SIZE for cluttered MNIST; or {NPZ_PREFIX}PATH for an .npz with images "
+                f"and labels")
 
 
 def _load_mnist_c(corruption: str, split: str, data_dir: str | Path | None) -> ImageDataset:
@@ -79,10 +85,22 @@ def _load_mnist_c(corruption: str, split: str, data_dir: str | Path | None) -> I
     return ImageDataset(f"{MNIST_C_PREFIX}{corruption}-{split}", images, clean.labels, clean.num_classes)
 
 
+def _cluttered_size(text: str) -> str:
+    """The canvas size of ``cluttered-mnist:SIZE``, checked; ValueError otherwise."""
+    if not text.isdigit():
+        raise ValueError(f"{CLUTTERED_PREFIX}SIZE takes a whole number of pixels, not {text!r}")
+    return str(check_size(int(text)))
+
+
 def _parse_spec(name: str) -> tuple[str, str]:
-    """``(kind, value)``: a plain name, ``mnist-c`` and its corruption, or ``npz`` and its path."""
+    """``(kind, value)``: a plain name, ``mnist-c`` and its corruption, ``cluttered`` and its
+    canvas size, or ``npz`` and its path."""
     if name in DATASETS:
         return "plain", name
+    if name == CLUTTERED:
+        return "cluttered", str(CLUTTERED_SIZE)
+    if name.startswith(CLUTTERED_PREFIX):
+        return "cluttered", _cluttered_size(name.removeprefix(CLUTTERED_PREFIX))
     if name.startswith(MNIST_C_PREFIX):
         corruption = name.removeprefix(MNIST_C_PREFIX)
         lookup(corruption)  # ValueError naming the known ones
@@ -97,6 +115,8 @@ def load_dataset(name: str, split: str, data_dir: str | Path | None = None) -> I
     kind, value = _parse_spec(name)
     if kind == "mnist-c":
         return _load_mnist_c(value, split, data_dir)
+    if kind == "cluttered":
+        return load_cluttered_mnist(resolve_data_dir(data_dir), split, int(value))
     if kind == "npz":
         return load_npz(Path(value).expanduser())
     if name in _BUILTIN_LOADERS:
@@ -105,7 +125,8 @@ def load_dataset(name: str, split: str, data_dir: str | Path | None = None) -> I
 
 
 def dataset_spec(text: str) -> str:
-    """argparse ``type`` for ``--dataset``: a name from DATASETS, ``mnist-c:NAME`` or ``npz:PATH``.
+    """argparse ``type`` for ``--dataset``: a name from DATASETS, ``mnist-c:NAME``,
+    ``cluttered-mnist[:SIZE]`` or ``npz:PATH``.
 
     Only the form is checked here; whether the npz file exists is the loader's business.
     """

@@ -32,9 +32,10 @@ class LocalOnly(Family):
         def local(x: torch.Tensor) -> torch.Tensor:
             return model.local_predictor(split_channels(model.extractor(x), model.config.local_channels)[0])
 
-        tiny = load_baseline_checkpoint(context.config.tiny).build_model()
+        tiny_checkpoint = load_baseline_checkpoint(context.config.tiny)
+        tiny = tiny_checkpoint.build_model()
         return [self.scheme("local-only", local, model, image_shape(model.config)),
-                self.scheme("local-only-tiny-cnn", tiny, tiny, (1, 28, 28))]
+                self.scheme("local-only-tiny-cnn", tiny, tiny, tiny_checkpoint.input_shape)]
 
     def scheme(self, name: str, network: Callable[[torch.Tensor], torch.Tensor], root: nn.Module,
                shape: tuple[int, int, int]) -> Scheme:

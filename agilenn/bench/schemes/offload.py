@@ -96,7 +96,7 @@ class Baseline:
         checkpoint = load_baseline_checkpoint(spec)
         model = checkpoint.build_model()
         assert isinstance(model, FullCNN)
-        return cls(model, baseline_payloads(model, checkpoint.raw_dictionary),
+        return cls(model, baseline_payloads(model, checkpoint.raw_dictionary, checkpoint.input_shape),
                    bytes.fromhex(checkpoint.model_hash))
 
 
