@@ -37,6 +37,13 @@ ConfigT = TypeVar("ConfigT", bound="DaemonConfig")
 log = logging.getLogger("agilenn.daemon")
 
 
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write to a temporary sibling, then rename, so a crash never leaves half a file."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
+
+
 # ------------------------------------------------------------------ config
 @dataclass(frozen=True)
 class DaemonConfig:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,6 +31,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from agilenn.daemon import write_atomically
 from agilenn.fleet.aggregate import Aggregator
 from agilenn.fleet.devices import device_state
 from agilenn.fleet.rounds import FleetModel, Received
@@ -51,10 +51,7 @@ def main(grid: Grid, context: Context) -> None:
     text = json.dumps(report, indent=2, sort_keys=True)
     log.warning("fleet learning finished:\n%s", text)  # WARNING: Flower's default level hides INFO
     if settings.report:
-        path = Path(settings.report)
-        temporary = path.with_name(path.name + ".tmp")
-        temporary.write_text(text + "\n")
-        os.replace(temporary, path)
+        write_atomically(Path(settings.report), (text + "\n").encode())
 
 
 def run_fleet(grid: Grid, settings: FleetSettings) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import mnist_dir
+from transports.zmq_transport import free_loopback_endpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,9 +32,7 @@ def _tool(name: str) -> str:
 
 
 def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    return int(free_loopback_endpoint().rsplit(":", 1)[1])
 
 
 def _wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:

@@ -82,7 +82,7 @@ class CompactClient:
         self._session_for: tuple[str, bytes] | None = None  # (device id, model hash) it stands for
         self._hello_sent_at = -HELLO_RETRY_S
         self._refused = False  # the peer answered our HELLO with an ERROR: it has no compact sessions
-        self._in_flight: OrderedDict[int, tuple[int, Session]] = OrderedDict()  # sequence -> request
+        self._in_flight: dict[int, tuple[int, Session]] = {}  # sequence (a byte) -> request
         self.last_sent_bytes = 0  # what the link carried for the last message sent and received
         self.last_received_bytes = 0
 
@@ -102,8 +102,6 @@ class CompactClient:
         if self.timings:
             flags |= WANT_TIMINGS
         self._in_flight[request.request_id & 0xFF] = (request.request_id, Session(*identity))
-        while len(self._in_flight) > 256:
-            self._in_flight.popitem(last=False)
         frame = pack_frame(Frame(MessageType.INFER_REQUEST, flags, self.session, request.request_id, body))
         self.last_sent_bytes = len(frame)
         self.inner.send(frame)

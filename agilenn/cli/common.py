@@ -6,22 +6,15 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import sys
-from pathlib import Path
 from typing import Any, TypeVar
 
-from ..daemon import Daemon, DaemonConfig, configure_logging
+from ..daemon import Daemon, DaemonConfig, configure_logging, write_atomically
 from ..errors import AgileNNError
 
+__all__ = ["write_atomically"]  # the subcommands' atomic write, from the daemon plumbing
+
 ConfigT = TypeVar("ConfigT", bound=DaemonConfig)
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write to a temporary sibling, then rename, so a crash never leaves half a file."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
 
 
 def print_json(value: dict[str, Any]) -> None:

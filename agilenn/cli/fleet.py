@@ -23,7 +23,6 @@ import copy
 from dataclasses import fields
 import json
 import logging
-import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 
 from edge_node.fleet import FleetClient
+from transports.zmq_transport import free_loopback_endpoint
 from server_node.fleet import SparseFleetAverage
 
 from ..adapt.adapter import AdaptConfig, train_selection
@@ -91,12 +91,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _with_state(model: AgileNN, names: list[str], arrays: list[np.ndarray]) -> AgileNN:
     moved = copy.deepcopy(model)
     load_device_state(moved, names, arrays)
@@ -134,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     clients = [FleetClient(copy.deepcopy(model), device, selection, config,
                            poison=100.0 if index < args.poisoned else 0.0)
                for index, device in enumerate(fleet)]
-    _run_flower(strategy, clients, settings.rounds, f"127.0.0.1:{_free_port()}")
+    _run_flower(strategy, clients, settings.rounds, free_loopback_endpoint().removeprefix("tcp://"))
     report: dict[str, Any] = {
         **{key.replace("-", "_"): value for key, value in settings.to_run_config().items()
            if key.replace("-", "_") not in _DEPLOYMENT_ONLY},
