@@ -7,8 +7,10 @@
     device -> host   COMMIT_REPLY   accepted + reason (checked and applied, or refused)
 
 The weights pushed are the device part only (extractor, local predictor,
-quantizer), as ``torch.save`` bytes; the host's model hash travels in the
-HELLO_REPLY and the device adopts it once the commit checks out.
+quantizer): ``torch.save`` bytes for a Python device, and the int8 AGW1 image
+(docs/FIRMWARE.md) for the C firmware, whose HELLO names ``agilenn-c99/``. The
+host's model hash travels in the HELLO_REPLY and the device adopts it once the
+commit checks out.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from transports.sessions import HELLO_REQUEST_ID
 
 DEVICE_PART = ("extractor.", "local_predictor.", "quantizer.")
 CHUNK_BYTES = 1024
+C_FIRMWARE = "agilenn-c99/"  # how the C firmware's HELLO names itself: it takes an int8 image
 
 
 class PairingError(Exception):
@@ -66,6 +69,13 @@ def device_part_bytes(checkpoint: Checkpoint) -> bytes:
     buffer = io.BytesIO()
     torch.save({k: v for k, v in checkpoint.state_dict.items() if k.startswith(DEVICE_PART)}, buffer)
     return buffer.getvalue()
+
+
+def image_model_hash(image: bytes) -> bytes:
+    """The model hash an AGW1 image carries (docs/FIRMWARE.md section 2)."""
+    if len(image) < 16 or image[:4] != b"AGW1":
+        raise ValueError("not an AGW1 int8 image (agilenn export writes one as FW/weights.agw)")
+    return bytes(image[8:16])
 
 
 def _receive(link: ReliableLink, expected: type[BodyT], timeout: float) -> tuple[Message, BodyT]:
@@ -93,13 +103,20 @@ class PairingRecord:
 
 
 class PairingHost:
+    """Answers one device's HELLO. ``int8_image``: the AGW1 image to push to C firmware (from
+    ``agilenn export``); it must have been exported from ``checkpoint``."""
+
     def __init__(self, link: ReliableLink, checkpoint: Checkpoint, push_weights: bool = False,
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0, int8_image: bytes = b"") -> None:
         self.link = link
         self.checkpoint = checkpoint
         self.model_hash = bytes.fromhex(checkpoint.model_hash)
         self.push_weights = push_weights
         self.timeout = timeout
+        if int8_image and image_model_hash(int8_image) != self.model_hash:
+            raise ValueError(f"the int8 image was exported from model {image_model_hash(int8_image).hex()}, "
+                             f"not {checkpoint.model_hash}")
+        self.int8_image = int8_image
 
     def pair_one(self, wait: float = 60.0) -> PairingRecord:
         message, hello = _receive(self.link, Hello, wait)
@@ -109,8 +126,15 @@ class PairingHost:
             reason = (f"device model {message.model_hash.hex() or '(none)'} != host model "
                       f"{self.model_hash.hex()}; pair with --push to update")
             return self._answer(message, hello, False, reason, b"")
+        if hello.firmware.startswith(C_FIRMWARE):
+            if not self.int8_image:
+                return self._answer(message, hello, False, "this device runs C firmware: push the int8 image "
+                                    "that agilenn export wrote (agilenn pair --image FW/weights.agw)", b"")
+            image = self.int8_image
+        else:
+            image = device_part_bytes(self.checkpoint)
         return self._answer(message, hello, True, f"updating the device part of firmware {hello.firmware}",
-                            device_part_bytes(self.checkpoint))
+                            image)
 
     def _answer(self, message: Message, hello: Hello, accepted: bool, reason: str,
                 image: bytes) -> PairingRecord:

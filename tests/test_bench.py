@@ -195,6 +195,32 @@ def test_modelled_stages_scale_only_the_device_side() -> None:
     assert FULL_OUTCOME.stages_ms["device"] == 2.0  # the outcome itself is left alone
 
 
+def test_firmware_instructions_price_the_device_part_at_the_clock_and_cpi() -> None:
+    device = DeviceModel(get_device("stm32f746"), 3.1e9, cpi=1.5)
+    scheme = _scheme(1_240_000)
+    scheme.device_instructions = 432_000  # 432,000 x 1.5 cycles at 216 MHz: 3 ms
+    stages = modelled_stages(FULL_OUTCOME, scheme, device)
+    assert stages["device"] == pytest.approx(3.0)
+    assert stages["encode"] == 0.0  # the count covers the coder too
+    host = modelled_stages(FULL_OUTCOME, scheme, DeviceModel(get_device("host"), 3.1e9))
+    assert host["device"] == FULL_OUTCOME.stages_ms["device"]  # the host is measured, never priced
+
+
+def test_a_firmware_report_must_be_of_the_model_and_count_instructions(tmp_path: Path) -> None:
+    from agilenn.bench.devices import firmware_instructions
+
+    report = tmp_path / "verify.json"
+    report.write_text(json.dumps({"model_hash": "ab" * 8, "instructions_per_inference": 250_000}))
+    assert firmware_instructions(report, "ab" * 8) == 250_000
+    with pytest.raises(ValueError, match="is for model abab"):
+        firmware_instructions(report, "cd" * 8)
+    report.write_text(json.dumps({"model_hash": "ab" * 8, "instructions_per_inference": None, "target": "host"}))
+    with pytest.raises(ValueError, match="counted no instructions"):
+        firmware_instructions(report, "ab" * 8)
+    with pytest.raises(ValueError, match="cannot read"):
+        firmware_instructions(tmp_path / "missing.json", "ab" * 8)
+
+
 def _hand_made_outcomes() -> list[Outcome]:
     return [
         Outcome(1, {"device": 1.0, "transmit": 3.0}, 100, 50),

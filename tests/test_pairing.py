@@ -171,3 +171,40 @@ def test_a_link_that_drops_mid_push_leaves_the_device_on_its_version(
     assert sent == ["HelloReply", "WeightChunk", "WeightChunk"] and errors
     assert not accepted and "push interrupted" in reason
     assert device.model_hash == bytes(8) and device.weights == b""  # still the old version
+
+
+def _agw1_image(model_hash: bytes, size: int = 3000) -> bytes:
+    """An image with the AGW1 head the host reads (the firmware checks the rest)."""
+    return (b"AGW1" + bytes(4) + model_hash + bytes(range(256)) * (size // 256 + 1))[:size]
+
+
+def test_c_firmware_is_pushed_the_int8_image_not_torch_bytes(
+    cable: tuple[ReliableLink, ReliableLink]
+) -> None:
+    host_link, device_link = cable
+    image = _agw1_image(bytes.fromhex(CHECKPOINT.model_hash))
+    device = McuSimulator(device_link, "mcu-c99", "agilenn-c99/1 host", bytes(8))
+    record, (accepted, reason) = _pair(PairingHost(host_link, CHECKPOINT, push_weights=True, int8_image=image),
+                                       device)
+    assert accepted and record.updated
+    assert device.weights == image
+
+
+def test_c_firmware_without_an_int8_image_is_refused_with_what_to_pass(
+    cable: tuple[ReliableLink, ReliableLink]
+) -> None:
+    host_link, device_link = cable
+    device = McuSimulator(device_link, "mcu-c99", "agilenn-c99/1 host", bytes(8))
+    record, (accepted, reason) = _pair(PairingHost(host_link, CHECKPOINT, push_weights=True), device)
+    assert not accepted and not record.accepted
+    assert "--image" in reason and device.model_hash == bytes(8)
+
+
+def test_an_int8_image_of_another_model_is_refused_before_pairing(
+    cable: tuple[ReliableLink, ReliableLink]
+) -> None:
+    host_link, _ = cable
+    with pytest.raises(ValueError, match="exported from model 0000000000000000"):
+        PairingHost(host_link, CHECKPOINT, push_weights=True, int8_image=_agw1_image(bytes(8)))
+    with pytest.raises(ValueError, match="not an AGW1"):
+        PairingHost(host_link, CHECKPOINT, push_weights=True, int8_image=b"torch bytes")

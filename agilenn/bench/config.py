@@ -24,6 +24,10 @@ class BenchConfig:
     tiny: str = "pretrained:mnist-tiny-cnn"
     link: str = "serial-115200"
     device: str = "host"
+    # ``agilenn export --verify --json`` output for this model: AgileNN's device stages are then priced
+    # from the instructions the emulator counted, not from the MAC rate (devices.py).
+    firmware_report: str | None = None
+    cpi: float = 1.0
     n: int = 500
     warmup: int = 20
     families: tuple[str, ...] = field(default_factory=_every_family)  # names in the registry, or ("all",)

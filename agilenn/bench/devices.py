@@ -16,6 +16,14 @@
   2 MACs a class) / the MAC rate; decoding a ~70-byte reply is left out for
   the same reason.
 
+With ``--firmware-report`` (what ``agilenn export --verify --json`` printed),
+AgileNN's device part is priced from its real firmware instead: the
+instructions per inference that QEMU counted running it (extractor, local
+predictor, quantizer and rANS coder together) x ``cpi`` / the profile's clock.
+``cpi`` is an assumption, 1.0 by default: most Thumb-2 instructions retire in
+one cycle on a Cortex-M4 or M7, loads and taken branches in two or more, and
+the M7 issues two at a time; flash wait states and caches move it either way.
+
 The constants and where they come from are in :data:`DEVICE_PROFILES` and
 docs/BENCHMARKS.md. They carry the uncertainty of any cross-paper figure
 (int8 kernels versus the float32 that runs here, memory placement, clock
@@ -24,8 +32,10 @@ settings), so read modelled latencies as estimates within a factor of ~2.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -98,6 +108,7 @@ class DeviceModel:
 
     profile: DeviceProfile
     host_macs_per_second: float
+    cpi: float = 1.0  # cycles per instruction, for work counted in instructions (the firmware)
 
     @property
     def slowdown(self) -> float:
@@ -105,6 +116,14 @@ class DeviceModel:
 
     def compute_ms(self, measured_ms: float, macs: int) -> float:
         return macs / self.profile.macs_per_second * 1e3 if self.profile.modelled else measured_ms
+
+    def firmware_ms(self, instructions: int) -> float:
+        """The time ``instructions`` take at the profile's clock and the assumed CPI."""
+        return 1e3 * instructions * self.cpi / self.profile.clock_hz
+
+    @property
+    def prices_instructions(self) -> bool:
+        return self.profile.modelled and self.profile.clock_hz > 0
 
     def other_ms(self, measured_ms: float) -> float:
         return measured_ms * self.slowdown
@@ -117,3 +136,19 @@ class DeviceModel:
         if codec_cycles and self.profile.clock_hz:
             return 1e3 * codec_cycles / self.profile.clock_hz
         return self.other_ms(codec_ms)
+
+
+def firmware_instructions(report_path: str | Path, model_hash: str) -> int:
+    """Instructions per inference from an ``agilenn export --verify --json`` report of this model."""
+    try:
+        report = json.loads(Path(report_path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read the firmware report {report_path}: {exc}") from exc
+    if report.get("model_hash") != model_hash:
+        raise ValueError(f"the firmware report {report_path} is for model {report.get('model_hash')}, "
+                         f"not {model_hash}")
+    instructions = report.get("instructions_per_inference")
+    if not isinstance(instructions, int) or instructions <= 0:
+        raise ValueError(f"the firmware report {report_path} counted no instructions "
+                         f"(target {report.get('target')!r}; --emulator cortex-m4 counts them)")
+    return instructions

@@ -32,6 +32,9 @@ def modelled_stages(
     stages["encode"] = device.encode_ms(stages["encode"], outcome.codec_ms if codec_ms is None else codec_ms,
                                         scheme.codec_cycles)
     stages["merge"] = device.compute_ms(stages["merge"], scheme.merge_macs)
+    if scheme.device_instructions and device.prices_instructions:
+        # The firmware's count covers the extractor, the local predictor, the quantizer and the coder.
+        stages["device"], stages["encode"] = device.firmware_ms(scheme.device_instructions), 0.0
     return stages
 
 

@@ -113,7 +113,7 @@ def run_bench(
         # The device is one core (an MCU has one); more intra-op threads would also fight the servers.
         torch.set_num_threads(1)
         # Measured like the device stages: one thread, after the change above.
-        device = DeviceModel(device_profile, host_macs_per_second())
+        device = DeviceModel(device_profile, host_macs_per_second(), config.cpi)
         for scheme in build_schemes(families, config, link, stack):
             results[scheme.name] = summarise(
                 scheme, _measure(scheme, images, warmup, config, device), labels, device, config
@@ -129,6 +129,8 @@ def run_bench(
         "host_macs_per_second": round(device.host_macs_per_second),
         "host_torch_threads": 1,
         "device_slowdown": round(device.slowdown, 2),
+        "firmware_report": config.firmware_report,
+        "cpi": config.cpi if config.firmware_report else None,
         "dataset": config.dataset,
         "n": config.n,
         "warmup": config.warmup,

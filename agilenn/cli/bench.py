@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--link", default="serial-115200", choices=sorted(PROFILES))
     parser.add_argument("--device", default="host", choices=sorted(DEVICE_PROFILES))
+    parser.add_argument("--firmware-report", metavar="JSON",
+                        help="agilenn export --verify --json output for --model: price AgileNN's device part "
+                             "from the instructions the emulator counted (a modelled --device only)")
+    parser.add_argument("--cpi", type=float, default=1.0,
+                        help="cycles per instruction assumed with --firmware-report (default 1.0)")
     parser.add_argument("--n", type=int, default=500, help="measured requests per scheme")
     parser.add_argument("--warmup", type=int, default=20, help="requests per scheme before measuring")
     parser.add_argument(
@@ -128,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         tiny=args.tiny,
         link=args.link,
         device=args.device,
+        firmware_report=args.firmware_report,
+        cpi=args.cpi,
         n=args.n,
         warmup=args.warmup,
         families=args.schemes,

@@ -8,6 +8,8 @@ import torch
 from edge_node.client import EdgeClient, Prediction
 
 from ...baselines.models import count_macs
+from ...pretrained import load_checkpoint
+from ..devices import firmware_instructions, get_device
 from ..config import BenchConfig
 from .base import Family, Outcome, Scheme, SchemeContext, image_shape, register_family
 
@@ -27,6 +29,13 @@ class AgileNN(Family):
     def served_model(self, config: BenchConfig) -> str | None:
         return config.model
 
+    def check(self, config: BenchConfig) -> None:
+        if config.firmware_report:
+            if not get_device(config.device).clock_hz:
+                raise ValueError(f"--firmware-report prices instructions at a device's clock; "
+                                 f"--device {config.device} has none (pick a modelled device)")
+            firmware_instructions(config.firmware_report, load_checkpoint(config.model).model_hash)
+
     def schemes(self, context: SchemeContext) -> list[Scheme]:
         config = context.config
         client = context.own(EdgeClient(config.model, server=context.endpoint, link=context.link,
@@ -43,8 +52,10 @@ class AgileNN(Family):
         macs = count_macs(model, torch.zeros(1, *image_shape(layout)), model.device_forward) + quantize_ops
         symbols = layout.remote_channels * layout.feature_size**2
         cycles = symbols * RANS_CYCLES_PER_SYMBOL if client.codec.settings.layout == "rans" else 0
+        instructions = firmware_instructions(config.firmware_report, client.model_hash.hex()) \
+            if config.firmware_report else 0
         return [Scheme(self.name, self.name, macs, True, classify, merge_macs=2 * layout.num_classes,
-                       codec_cycles=cycles)]
+                       codec_cycles=cycles, device_instructions=instructions)]
 
 
 def outcome(prediction: Prediction) -> Outcome:

@@ -53,6 +53,9 @@ class Scheme:
     classify: Callable[[np.ndarray], Outcome]
     merge_macs: int = 0  # the device's arithmetic on the reply: AgileNN's weighted sum of logits
     codec_cycles: int = 0  # the payload codec's cycles on an MCU, when priced that way (0: scale host time)
+    # The device part's instructions per inference (compute and payload coding), counted by running its
+    # firmware in an emulator; when set, they price the device stages instead of the MAC count.
+    device_instructions: int = 0
 
 
 class Closeable(Protocol):

@@ -1,0 +1,51 @@
+"""The emulated serial line: bytes cross both ways, at the line's rate, and not while it is cut."""
+
+from __future__ import annotations
+
+import time
+
+from transports.emulator import LinkProfile
+from transports.line import SerialLine
+from transports.serial_pipe import SerialPipe, open_pty
+
+
+def _read_exactly(pipe: SerialPipe, count: int, timeout: float) -> bytes:
+    deadline, data = time.monotonic() + timeout, b""
+    while len(data) < count and time.monotonic() < deadline:
+        data += pipe.read(0.05)
+    return data
+
+
+def test_bytes_cross_both_ways_at_the_line_rate() -> None:
+    device_master, device_port = open_pty()
+    profile = LinkProfile("slow", bandwidth_bytes_per_s=20_000.0, send_buffer_bytes=64)
+    with SerialLine(device_master, profile) as line:
+        device, host = SerialPipe(device_port), SerialPipe(line.host_port)
+        try:
+            message = bytes(range(256)) * 8  # 2,048 bytes: about 0.1 s at 20 kB/s
+            started = time.monotonic()
+            device.write(message)
+            assert _read_exactly(host, len(message), 5.0) == message
+            assert time.monotonic() - started >= 0.08  # the rate held it back
+            host.write(b"answer")
+            assert _read_exactly(device, 6, 5.0) == b"answer"
+        finally:
+            device.close()
+            host.close()
+
+
+def test_a_cut_line_drops_what_crosses_it_then_carries_again() -> None:
+    device_master, device_port = open_pty()
+    with SerialLine(device_master, LinkProfile("fast")) as line:
+        device, host = SerialPipe(device_port), SerialPipe(line.host_port)
+        try:
+            line.cut(0.3)
+            device.write(b"lost")
+            assert _read_exactly(host, 4, 0.2) == b""
+            time.sleep(0.2)
+            device.write(b"kept")
+            assert _read_exactly(host, 4, 5.0) == b"kept"
+            assert line.dropped_bytes == 4
+        finally:
+            device.close()
+            host.close()
