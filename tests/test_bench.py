@@ -214,7 +214,8 @@ def test_a_firmware_report_must_be_of_the_model_and_count_instructions(tmp_path:
     assert firmware_instructions(report, "ab" * 8) == 250_000
     with pytest.raises(ValueError, match="is for model abab"):
         firmware_instructions(report, "cd" * 8)
-    report.write_text(json.dumps({"model_hash": "ab" * 8, "instructions_per_inference": None, "target": "host"}))
+    report.write_text(json.dumps({"model_hash": "ab" * 8, "instructions_per_inference": None,
+                                  "target": "host"}))
     with pytest.raises(ValueError, match="counted no instructions"):
         firmware_instructions(report, "ab" * 8)
     with pytest.raises(ValueError, match="cannot read"):

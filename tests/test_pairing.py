@@ -184,8 +184,8 @@ def test_c_firmware_is_pushed_the_int8_image_not_torch_bytes(
     host_link, device_link = cable
     image = _agw1_image(bytes.fromhex(CHECKPOINT.model_hash))
     device = McuSimulator(device_link, "mcu-c99", "agilenn-c99/1 host", bytes(8))
-    record, (accepted, reason) = _pair(PairingHost(host_link, CHECKPOINT, push_weights=True, int8_image=image),
-                                       device)
+    host = PairingHost(host_link, CHECKPOINT, push_weights=True, int8_image=image)
+    record, (accepted, reason) = _pair(host, device)
     assert accepted and record.updated
     assert device.weights == image
 

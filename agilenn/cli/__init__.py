@@ -23,6 +23,8 @@ COMMANDS = {
     "broker": ("agilenn.cli.broker", "load-balance devices over server workers, with heartbeats"),
     "pair": ("agilenn.cli.pair", "pair an MCU over a serial port, optionally pushing weights"),
     "mcu-sim": ("agilenn.cli.mcu_sim", "a simulated MCU on a pty, for pairing and demos"),
+    "export": ("agilenn.cli.export", "the device part as C99 int8 firmware; --verify runs it and compares"),
+    "mcu": ("agilenn.cli.mcu", "boot exported firmware (QEMU Cortex-M4 or a host process) on serial ports"),
     "edge": ("agilenn.cli.edge", "run the device part on images, offload, print JSON lines"),
     "demo": ("agilenn.cli.demo", "server + edge on loopback over an emulated serial link"),
     "bench": ("agilenn.cli.bench", "end-to-end latency of AgileNN against the alternatives, per stage"),

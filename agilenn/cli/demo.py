@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -30,6 +31,7 @@ from transports.zmq_transport import free_loopback_endpoint
 
 from ..bench.stats import latency_percentiles
 from ..daemon import stop_process
+from ..firmware.toolchain import Target
 from ..pretrained import DEFAULT_MODEL, load_checkpoint
 from .common import fail, print_json
 
@@ -59,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--deadline-ms", type=float, default=500.0)
     parser.add_argument("--mcu-count", type=int, default=30,
                         help="inferences from the simulated MCU through the serial gateway (0: skip)")
+    parser.add_argument("--mcu-firmware", type=Path, metavar="FW",
+                        help="the MCU runs this exported C firmware (agilenn export), not the simulation")
+    parser.add_argument("--mcu-emulator", choices=("cortex-m4", "host"), default="cortex-m4",
+                        help="where --mcu-firmware runs: QEMU's Cortex-M4, or a host process")
     parser.add_argument("--json", action="store_true")
     return parser
 
@@ -78,6 +84,25 @@ def summarise(lines: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def serial_gateway(port: str, server: str) -> Iterator[dict[str, Any]]:
+    """``agilenn edge --serial port`` as a daemon for the block; its stats and exit code fill the dict."""
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "agilenn", "edge", "--serial", port, "--server", server,
+         "--log-level", "WARNING"],
+        stdout=subprocess.PIPE, text=True)
+    outcome: dict[str, Any] = {}
+    try:
+        yield outcome
+        # Stop the gateway while the MCU is still on the line: it may be waiting for the
+        # MCU's acknowledgement of the last answer.
+        stop_process(gateway)
+    finally:
+        outcome["gateway_exit_code"] = stop_process(gateway)  # a no-op if already stopped
+        with gateway:  # closes its stdout pipe
+            outcome["gateway"] = json.loads((gateway.stdout.read() if gateway.stdout else "") or "{}")
+
+
 def run_mcu(model: str, server: str, count: int) -> dict[str, Any]:
     """A simulated MCU on a pty offloads ``count`` sample images through a gateway daemon."""
     from agilenn.codec import FeatureCodec
@@ -91,28 +116,29 @@ def run_mcu(model: str, server: str, count: int) -> dict[str, Any]:
     network, codec = checkpoint.build_model(), FeatureCodec(checkpoint.codec)
     images, labels = load_mnist_sample().batch(slice(0, count))
     mcu_end, path = open_pty()
-    gateway = subprocess.Popen(
-        [sys.executable, "-m", "agilenn", "edge", "--serial", path, "--server", server,
-         "--log-level", "WARNING"],
-        stdout=subprocess.PIPE, text=True)
-    results = []
-    try:
-        with ReliableLink(mcu_end, ArqConfig.for_line_rate(11_520)) as link:
-            mcu = McuSimulator(link, "mcu-demo-0", "0.1.0", bytes.fromhex(checkpoint.model_hash))
-            results = [mcu.infer(network, codec, image, request_id=index + 1, timeout=10)
-                       for index, image in enumerate(images)]
-            # Stop the gateway while the MCU is still on the line: it may be waiting for the
-            # MCU's acknowledgement of the last answer.
-            stop_process(gateway)
-    finally:
-        gateway_exit = stop_process(gateway)  # a no-op returning the exit code if already stopped
-        with gateway:  # closes its stdout pipe
-            gateway_output = gateway.stdout.read() if gateway.stdout else ""
-    gateway_stats = json.loads(gateway_output or "{}")
+    with serial_gateway(path, server) as gateway, \
+            ReliableLink(mcu_end, ArqConfig.for_line_rate(11_520)) as link:
+        mcu = McuSimulator(link, "mcu-demo-0", "0.1.0", bytes.fromhex(checkpoint.model_hash))
+        results = [mcu.infer(network, codec, image, request_id=index + 1, timeout=10)
+                   for index, image in enumerate(images)]
     correct = [label == int(truth) for (label, _), truth in zip(results, labels, strict=True)]
     return {"requests": len(results), "accuracy": float(np.mean(correct)),
-            "offloaded": sum(source == "offloaded" for _, source in results),
-            "gateway": gateway_stats, "gateway_exit_code": gateway_exit}
+            "offloaded": sum(source == "offloaded" for _, source in results), "device": "simulated",
+            **gateway}
+
+
+def run_firmware_mcu(fw_dir: Path, emulator: Target, server: str, count: int) -> dict[str, Any]:
+    """The exported C firmware, booted on ``emulator`` behind a serial-115200 cable, offloads ``count``
+    sample images through a gateway daemon."""
+    from agilenn.data import load_mnist_sample
+
+    from .mcu import classify_images, running
+
+    sample = load_mnist_sample().head(count)
+    with running(fw_dir, emulator, "serial-115200") as (firmware, port), \
+            serial_gateway(port, server) as gateway:
+        result = classify_images(firmware.console, sample.images, sample.labels)
+    return {**result, "device": f"C firmware on {emulator}", **gateway}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -132,7 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 capture_output=True, text=True, timeout=300,
             )
             if edge.returncode == 0 and args.mcu_count > 0:
-                mcu = run_mcu(args.model, endpoint, args.mcu_count)
+                mcu = run_firmware_mcu(args.mcu_firmware, args.mcu_emulator, endpoint, args.mcu_count) \
+                    if args.mcu_firmware else run_mcu(args.model, endpoint, args.mcu_count)
     finally:
         server_exit = stop_process(server)
     if edge.returncode != 0:
@@ -151,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"  fallbacks    {summary['fallbacks']}{reasons}\n"
               f"  server exit  {server_exit}")
         if mcu:
-            print(f"{mcu['requests']} inferences from a simulated MCU on a pty, through the serial gateway\n"
+            print(f"{mcu['requests']} inferences from an MCU ({mcu['device']}), through the serial gateway\n"
                   f"  accuracy     {mcu['accuracy']:.3f}\n"
                   f"  offloaded    {mcu['offloaded']} (the rest answered locally on the MCU)\n"
                   f"  gateway      {mcu['gateway']} exit {mcu['gateway_exit_code']}")

@@ -1,0 +1,126 @@
+"""``agilenn mcu``: boot exported firmware on an emulated Cortex-M4 (QEMU) or as a host process.
+
+The firmware's link UART is the serial port to pair with (``agilenn pair``)
+and to relay (``agilenn edge --serial``); its console UART plays the sensor.
+The first line printed is JSON naming both ports. ``--line serial-115200``
+puts an emulated cable of that rate between the firmware's UART and the port
+printed (QEMU's UART itself runs as fast as the host copies bytes).
+
+``--pair N`` then has the device pair (it says HELLO, takes a push into its
+inactive weight slot, and tries again up to N times); ``--classify N`` feeds N
+test images through the console, the device offloading each through whatever
+answers on its link, and prints accuracy, latency percentiles and how many were
+offloaded, answered locally or lost. Without either it runs until interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import signal
+import threading
+import time
+from dataclasses import asdict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transports.emulator import get_profile
+from transports.errors import TransportError
+from transports.line import SerialLine
+from transports.serial_pipe import SerialPipe
+
+from ..bench.stats import latency_percentiles
+from ..data import load_dataset
+from ..errors import AgileNNError
+from ..firmware.runner import Console, Firmware, FirmwareError, PairResult, Status, boot
+from ..firmware.toolchain import CORTEX_M4, HOST, Target, ToolchainError, build
+from .common import fail, print_json
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agilenn mcu", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--firmware", type=Path, required=True, help="a folder agilenn export wrote")
+    parser.add_argument("--emulator", choices=(CORTEX_M4, HOST), default=CORTEX_M4)
+    parser.add_argument("--line", default="serial-115200",
+                        help="link profile of the cable on the link UART ('none': the bare pty)")
+    parser.add_argument("--pair", type=int, default=0, metavar="ATTEMPTS",
+                        help="pair at boot, this many tries")
+    parser.add_argument("--pair-timeout-ms", type=int, default=5000, help="the device's wait for each answer")
+    parser.add_argument("--classify", type=int, default=0, metavar="N", help="feed N test images, then stop")
+    parser.add_argument("--dataset", default="mnist")
+    parser.add_argument("--data-dir", help="dataset folder (default: $AGILENN_DATA)")
+    return parser
+
+
+@contextlib.contextmanager
+def running(fw_dir: Path, emulator: Target, line: str) -> Iterator[tuple[Firmware, str]]:
+    """The booted firmware and the port its link is reached on (through the emulated line, if any)."""
+    build(fw_dir, emulator)
+    with boot(fw_dir, emulator) as firmware:
+        if line == "none":
+            yield firmware, firmware.link_port
+            return
+        with SerialLine(SerialPipe(firmware.link_port), get_profile(line)) as cable:
+            yield firmware, cable.host_port
+
+
+def classify_images(console: Console, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Feed ``images`` through the device's sensor port; what came back, and how fast."""
+    latencies, outcomes = [], []
+    lost = 0
+    for image, label in zip(images, labels, strict=True):
+        started = time.perf_counter()
+        try:
+            answer = console.classify(np.ascontiguousarray(image, dtype=np.uint8).tobytes())
+        except FirmwareError:
+            lost += 1
+            continue
+        latencies.append(1e3 * (time.perf_counter() - started))
+        outcomes.append((answer.label == int(label), answer.offloaded))
+    return {
+        "requests": len(images),
+        "accuracy": float(np.mean([correct for correct, _ in outcomes])) if outcomes else 0.0,
+        "offloaded": sum(offloaded for _, offloaded in outcomes),
+        "local": sum(not offloaded for _, offloaded in outcomes),
+        "lost": lost,
+        "latency_ms": latency_percentiles(np.asarray(latencies), digits=1) if latencies else {},
+    }
+
+
+def _plain(answer: PairResult | Status) -> dict[str, Any]:
+    """A console answer as JSON values: the model hash in hex."""
+    return {key: value.hex() if isinstance(value, bytes) else value for key, value in asdict(answer).items()}
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        test = load_dataset(args.dataset, "test", args.data_dir).head(args.classify) \
+            if args.classify else None
+        with running(args.firmware, args.emulator, args.line) as (firmware, port):
+            print(json.dumps({"link": port, "console": firmware.console.port_name, "mode": firmware.mode,
+                              "line": args.line}), flush=True)
+            report: dict[str, Any] = {}
+            if args.pair:
+                report["pair"] = _plain(firmware.console.pair(args.pair, args.pair_timeout_ms))
+            if test is not None:
+                report["classify"] = classify_images(firmware.console, test.images, test.labels)
+            report["status"] = _plain(firmware.console.status())
+            if not args.pair and test is None:
+                _wait_for_signal()
+            print_json(report)
+    except (AgileNNError, OSError, FirmwareError, ToolchainError, TransportError, ValueError) as exc:
+        return fail(str(exc))
+    return 0
