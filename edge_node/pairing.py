@@ -26,6 +26,7 @@ from torch import Tensor
 
 from agilenn.checkpoint import Checkpoint
 from agilenn.codec import FeatureCodec
+from agilenn.firmware.image import parse_image
 from agilenn.model import AgileNN
 from transports.messages import (
     Body,
@@ -65,17 +66,19 @@ class PairingError(Exception):
     """The peer broke the pairing protocol or went silent."""
 
 
+class DeviceStartedOver(PairingError):
+    """A HELLO came where the host waited for the rest of a pairing: the device gave up on it (its
+    wait ran out, say on a cut link) and starts a new one, which ``hello`` opens."""
+
+    def __init__(self, hello: Message) -> None:
+        super().__init__(f"the device said HELLO again (request {hello.request_id}) mid-pairing")
+        self.hello = hello
+
+
 def device_part_bytes(checkpoint: Checkpoint) -> bytes:
     buffer = io.BytesIO()
     torch.save({k: v for k, v in checkpoint.state_dict.items() if k.startswith(DEVICE_PART)}, buffer)
     return buffer.getvalue()
-
-
-def image_model_hash(image: bytes) -> bytes:
-    """The model hash an AGW1 image carries (docs/FIRMWARE.md section 2)."""
-    if len(image) < 16 or image[:4] != b"AGW1":
-        raise ValueError("not an AGW1 int8 image (agilenn export writes one as FW/weights.agw)")
-    return bytes(image[8:16])
 
 
 def _receive(link: ReliableLink, expected: type[BodyT], timeout: float) -> tuple[Message, BodyT]:
@@ -86,6 +89,11 @@ def _receive(link: ReliableLink, expected: type[BodyT], timeout: float) -> tuple
         raise PairingError(f"no {name} within {timeout:.1f} s")
     try:
         message = decode_message(data)
+    except ProtocolError as exc:
+        raise PairingError(f"while waiting for {name}: {exc}") from exc
+    if message.type is MessageType.HELLO and expected is not Hello:
+        raise DeviceStartedOver(message)
+    try:
         return message, expected.parse(message)
     except ProtocolError as exc:
         raise PairingError(f"while waiting for {name}: {exc}") from exc
@@ -113,13 +121,18 @@ class PairingHost:
         self.model_hash = bytes.fromhex(checkpoint.model_hash)
         self.push_weights = push_weights
         self.timeout = timeout
-        if int8_image and image_model_hash(int8_image) != self.model_hash:
-            raise ValueError(f"the int8 image was exported from model {image_model_hash(int8_image).hex()}, "
+        exported_from = parse_image(int8_image).model_hash if int8_image else self.model_hash
+        if exported_from != self.model_hash:
+            raise ValueError(f"the int8 image was exported from model {exported_from.hex()}, "
                              f"not {checkpoint.model_hash}")
         self.int8_image = int8_image
 
-    def pair_one(self, wait: float = 60.0) -> PairingRecord:
-        message, hello = _receive(self.link, Hello, wait)
+    def pair_one(self, wait: float = 60.0, hello_message: Message | None = None) -> PairingRecord:
+        """Answer the device's next HELLO (or ``hello_message``, one already received)."""
+        if hello_message is None:
+            message, hello = _receive(self.link, Hello, wait)
+        else:
+            message, hello = hello_message, Hello.parse(hello_message)
         if message.model_hash == self.model_hash:
             return self._answer(message, hello, True, "same model", b"")
         if not self.push_weights:

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agilenn.checkpoint import Checkpoint
+from agilenn.cli.pair import pair_until_done
 from agilenn.data import load_mnist_sample
 from agilenn.firmware.image import pack_image
 from agilenn.firmware.int8 import quantize_model
@@ -27,6 +29,7 @@ from agilenn.firmware.sources import model_sources
 from agilenn.firmware.toolchain import CORTEX_M4, HOST, build, memory_usage, missing_tools
 from agilenn.pretrained import load_pretrained
 from edge_node.gateway import SerialGateway
+from edge_node.pairing import PairingHost, PairingRecord
 from server_node.remote import RemoteServer
 from transports.compact import SessionTable
 from transports.messages import (
@@ -230,6 +233,41 @@ def test_a_push_cut_midway_leaves_the_device_running_and_the_next_attempt_update
         ("updated", 2, 1, images.update_hash)
     assert device.console.verify(image_of(2)).payload == reference.payload
     assert device.console.status().pushes_failed == 2
+
+
+def _host_pushes(port: str, checkpoint: Checkpoint, image: bytes, device: Firmware) -> PairResult:
+    """``agilenn pair``'s host (a fresh link on ``port``) against the device's PAIR, one attempt each."""
+    records: list[PairingRecord] = []
+    with open_serial_link(port, 115200) as host_link:
+        host = PairingHost(host_link, checkpoint, push_weights=True, int8_image=image)
+        thread = threading.Thread(target=lambda: records.append(pair_until_done(host, 1, 15.0)))
+        thread.start()
+        try:
+            result = device.console.pair(1, 3000)
+        finally:
+            thread.join(30)
+    assert records and records[0].accepted and records[0].updated
+    return result
+
+
+def test_the_real_pairing_host_pushes_each_version_and_a_new_host_is_answered_at_once(
+        device: Firmware, firmware_dir: tuple[Path, Images]) -> None:
+    images = firmware_dir[1]
+    before = device.console.verify(image_of(3))
+    state = dict(CHECKPOINT.state_dict)
+    state["local_predictor.linear.bias"] = state["local_predictor.linear.bias"] + 0.5
+    nudged = Checkpoint(CHECKPOINT.config, CHECKPOINT.codec, state, dict(CHECKPOINT.metadata))
+    nudged_image = pack_image(quantize_model(nudged, SAMPLE.images[:64]))
+    result = _host_pushes(device.link_port, nudged, nudged_image, device)
+    assert (result.outcome, result.attempts, result.model_hash.hex()) == ("updated", 1, nudged.model_hash)
+    moved = device.console.verify(image_of(3))
+    assert not np.array_equal(moved.accumulators, before.accumulators)  # the new local bias is in use
+    # Another host process on the port: it holds no stream from the device and answers the device's
+    # HELLO with RESYNC; the device sends it again in a new stream rather than wait out its timeout.
+    result = _host_pushes(device.link_port, CHECKPOINT, images.default, device)
+    assert (result.outcome, result.attempts, result.model_hash) == ("updated", 1, images.model_hash)
+    back = device.console.verify(image_of(3))
+    assert np.array_equal(back.accumulators, before.accumulators) and back.payload == before.payload
 
 
 def test_pairing_with_nobody_on_the_link_fails_every_attempt(device: Firmware,

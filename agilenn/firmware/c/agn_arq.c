@@ -89,6 +89,24 @@ static void agn_arq_fail(agn_arq_t *arq, uint32_t now) {
     arq->stats.messages_failed++;
 }
 
+/* A RESYNC: the peer holds no stream from us (it restarted, or another host opened the port), so it
+ * delivered none of this message. Sending it again whole in a new stream loses nothing and duplicates
+ * nothing, where failing it would cost the caller a timeout (a pairing HELLO, a request). Twice per
+ * message at most, so two peers that keep restarting cannot hold it forever. */
+static void agn_arq_resend_in_new_stream(agn_arq_t *arq, uint32_t now) {
+    if (arq->resync_restarts >= AGN_ARQ_MAX_RESYNC_RESTARTS) {
+        agn_arq_fail(arq, now);
+        return;
+    }
+    arq->resync_restarts++;
+    arq->inflight = 0;
+    arq->tx_offset = 0;
+    arq->resetting = 1;
+    arq->reset_sent = 0;
+    arq->epoch++;
+    arq->stats.resets++;
+}
+
 int agn_arq_send(agn_arq_t *arq, const uint8_t *message, uint16_t length, uint32_t now) {
     uint16_t i;
     if (arq->tx_state == AGN_ARQ_TX_BUSY) return -1;
@@ -99,6 +117,7 @@ int agn_arq_send(agn_arq_t *arq, const uint8_t *message, uint16_t length, uint32
     arq->tx_len = length;
     arq->tx_offset = 0;
     arq->inflight = 0;
+    arq->resync_restarts = 0;
     arq->tx_state = AGN_ARQ_TX_BUSY;
     agn_arq_pump(arq, now);
     return 0;
@@ -224,7 +243,7 @@ static void agn_arq_on_frame(agn_arq_t *arq, const agn_frame_t *frame, uint32_t 
         }
         break;
     case AGN_FRAME_RESYNC:
-        if (!arq->resetting && arq->inflight) agn_arq_fail(arq, now);
+        if (!arq->resetting && arq->inflight) agn_arq_resend_in_new_stream(arq, now);
         break;
     default:
         break;

@@ -3,7 +3,8 @@
  *
  * Sender: one message at a time, one frame in flight; a RESET handshake with a 4-byte epoch
  * starts every stream; a frame unanswered for AGN_ARQ_RTO_MS or NAKed is sent again, and after
- * AGN_ARQ_MAX_RETRIES the message fails (and the stream is RESET if any of it went out).
+ * AGN_ARQ_MAX_RETRIES the message fails (and the stream is RESET if any of it went out); a RESYNC
+ * (the peer holds no stream from us) sends the message again whole in a new stream.
  * Receiver: ACKs every DATA cumulatively, accepts frames in order only, NAKs a gap once,
  * answers RESET with RESET_ACK (a repeated epoch does not rewind it), answers DATA before any
  * RESET with RESYNC, reassembles up to AGN_ARQ_RX_MAX bytes and drops a longer message whole. */
@@ -13,6 +14,7 @@
 #include "agn_config.h"
 #include "agn_frame.h"
 
+#define AGN_ARQ_MAX_RESYNC_RESTARTS 2 /* a message sent again whole after the peer's RESYNC */
 #define AGN_ARQ_WINDOW 8          /* the peer's window: how far ahead a cumulative ACK may point */
 #define AGN_ARQ_RTO_MS 300u
 #define AGN_ARQ_MAX_RETRIES 10
@@ -49,7 +51,7 @@ typedef struct {
     uint32_t sent_at;
     uint8_t next_seq, resetting, reset_sent, reset_retries;
     uint32_t reset_sent_at, epoch, seed;
-    uint8_t epoch_chosen;
+    uint8_t epoch_chosen, resync_restarts;
     /* receiver */
     uint8_t has_peer, peer_epoch[4], expected, discarding, delivered;
     int16_t nak_for;
