@@ -394,18 +394,24 @@ static int run_model(agn_result_t *result, uint32_t *instructions) {
     return code;
 }
 
+/* The console's VERIFY and CLASSIFY: 0 with the model's result, or the console told why not. */
+static int run_model_or_say_why(agn_result_t *result, uint32_t *instructions) {
+    if (!agn_weights_ok) {
+        console_error("no valid weights in either slot");
+        return -1;
+    }
+    if (run_model(result, instructions) != 0) {
+        console_error("the payload does not fit its buffer");
+        return -1;
+    }
+    return 0;
+}
+
 static void command_verify(void) {
     agn_result_t result;
     uint32_t instructions, i;
     uint8_t buf[8];
-    if (!agn_weights_ok) {
-        console_error("no valid weights in either slot");
-        return;
-    }
-    if (run_model(&result, &instructions) != 0) {
-        console_error("the payload does not fit its buffer");
-        return;
-    }
+    if (run_model_or_say_why(&result, &instructions) != 0) return;
     buf[0] = 0x81;
     wr32(buf + 1, instructions);
     agn_port_console_write(buf, 5);
@@ -427,14 +433,7 @@ static void command_classify(void) {
     uint32_t instructions;
     uint8_t buf[8], label;
     int offloaded;
-    if (!agn_weights_ok) {
-        console_error("no valid weights in either slot");
-        return;
-    }
-    if (run_model(&result, &instructions) != 0) {
-        console_error("the payload does not fit its buffer");
-        return;
-    }
+    if (run_model_or_say_why(&result, &instructions) != 0) return;
     label = result.local_class;
     offloaded = offload(&result, &label);
     if (offloaded) agn_stats.offloaded++;
