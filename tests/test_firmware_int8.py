@@ -25,6 +25,7 @@ from agilenn.firmware.image import HEADER_BYTES, pack_image, parse_image
 from agilenn.firmware.int8 import Int8Model, calibrate, quantize_model, requant_multiplier
 from agilenn.firmware.memplan import Buffer, plan_memory
 from agilenn.firmware.sources import model_sources, payload_bound
+from agilenn.model import AgileNN
 from agilenn.pretrained import load_pretrained
 
 from .conftest import REPO, mnist_dir
@@ -114,6 +115,74 @@ def test_c_model_is_bit_exact_with_the_python_reference(
     # The compiled-in slot A holds the same image and gives the same bytes.
     assert _run_driver(driver, ["--default"], test_images[:20].tobytes()) == _run_driver(
         driver, [str(tmp_path / "model.agw")], test_images[:20].tobytes())
+
+
+# Shapes the MNIST model never reaches: stride 1 (right and bottom padding), three input channels,
+# 2x2 and 1x1 planes, odd class counts, a pointwise tail of fewer than four pixels.
+ODD_SHAPES = [
+    dict(in_channels=1, image_size=9, extractor_stride=1, num_classes=5, stem_channels=6, feature_channels=7,
+         local_pool=9),
+    dict(in_channels=3, image_size=10, extractor_stride=2, num_classes=3, stem_channels=4, feature_channels=5,
+         local_pool=5),
+    dict(in_channels=1, image_size=6, extractor_stride=2, num_classes=4, stem_channels=5, feature_channels=6,
+         local_pool=3),
+    dict(in_channels=1, image_size=4, extractor_stride=4, num_classes=2, stem_channels=3, feature_channels=4,
+         local_pool=1),
+    dict(in_channels=1, image_size=2, extractor_stride=2, num_classes=2, stem_channels=3, feature_channels=4,
+         local_pool=1),
+]
+
+
+def _random_int8_model(shape: dict[str, int], seed: int) -> Int8Model:
+    """An untrained model of ``shape`` with varied batch norms, quantised; every other channel's
+    requantisation shift is made small, which takes the C kernels' general 64-bit path."""
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    config = ModelConfig(**shape)
+    network = AgileNN(config)
+    for module in network.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.3, 0.3)
+    size = config.feature_size
+    symbols = rng.integers(0, config.n_centroids, size=(50, config.remote_channels, size, size))
+    codec = CodecSettings(layout="rans", prior=fit_prior(symbols, config.n_centroids).to_bytes())
+    calibration = rng.integers(0, 256, size=(20, config.in_channels, config.image_size, config.image_size),
+                               dtype=np.uint8)
+    model = quantize_model(Checkpoint.from_model(network, codec), calibration)
+    for layer in (model.stem, model.depthwise, model.pointwise):
+        for channel in range(0, len(layer.shift), 2):
+            if layer.shift[channel] > 34:
+                layer.shift[channel] = rng.integers(20, 34)
+    return model
+
+
+@pytest.mark.parametrize("shape", ODD_SHAPES, ids=lambda shape: "x".join(map(str, shape.values())))
+def test_c_model_is_bit_exact_on_shapes_mnist_never_reaches(shape: dict[str, int], tmp_path: Path) -> None:
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    model = _random_int8_model(shape, seed=ODD_SHAPES.index(shape))
+    rng = np.random.default_rng(7)
+    images = rng.integers(0, 256, size=(30, shape["in_channels"], shape["image_size"], shape["image_size"]),
+                         dtype=np.uint8)
+    images[:4], images[4:6] = 255, 0
+    for name, text in model_sources(model, "odd").items():
+        (tmp_path / name).write_text(text)
+    sources = [C_DIR / "tests" / "model_driver.c", C_DIR / "agn_model.c", C_DIR / "agn_rans.c",
+               tmp_path / "agn_default_image.c"]
+    binary = tmp_path / "driver"
+    subprocess.run(["gcc", *CFLAGS, f"-I{C_DIR}", f"-I{tmp_path}", *map(str, sources), "-o", str(binary)],
+                   check=True, capture_output=True, text=True)
+    outputs = model.run(images)
+    payloads = model.payloads(outputs)
+    raw = _run_driver(binary, [str(_write_image(tmp_path, pack_image(model)))], images.tobytes())
+    results = _parse_results(raw, model.dims.classes)
+    assert len(results) == len(images)
+    for i, (acc, f16, local_class, payload) in enumerate(results):
+        assert np.array_equal(acc, outputs.acc[i]) and np.array_equal(f16, outputs.logits_f16[i]), i
+        assert local_class == outputs.local_class[i] and payload == payloads[i], i
 
 
 def test_c_coder_matches_the_codec_on_dense_and_sparse_symbols(

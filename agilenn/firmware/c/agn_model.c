@@ -189,34 +189,152 @@ uint8_t *agn_input_buffer(void) {
 
 /* ------------------------------------------------------------------ the kernels */
 
-/* clamp((acc * mult + 2^(shift-1)) >> shift, 0, qmax) with a flooring shift: a negative sum floors
- * to a negative value and clamps to 0, so only non-negative values are ever shifted. */
-static uint8_t requantize(int32_t acc, int32_t mult, int32_t shift, int32_t qmax) {
-    int64_t sum = (int64_t)acc * mult + ((int64_t)1 << (shift - 1));
-    int64_t y;
-    if (sum < 0) return 0;
-    y = sum >> shift;
-    return (uint8_t)(y > qmax ? qmax : y);
+/* The largest output row a 3x3 conv writes: its accumulators wait on the stack for requantisation. */
+#define MAX_ROW (AGN_STEM_W > AGN_FEAT_W ? AGN_STEM_W : AGN_FEAT_W)
+/* The pointwise conv's accumulators per pass (a0..a3 in pointwise()): each weight it loads serves this
+ * many pixels. */
+#define PW_GROUP 4u
+
+/* One output channel's bias and requantisation, read from the image once per channel rather than
+ * once per output. */
+typedef struct {
+    int32_t bias;
+    int32_t mult;
+    uint32_t shift;  /* in [1, 62] (the image check guarantees it) */
+    uint32_t qmax;   /* in [0, 255] */
+} requant_t;
+
+static requant_t load_requant(const agn_weights_t *w, int bias_section, uint32_t channel, int32_t qmax) {
+    requant_t rq;
+    rq.bias = rd_i32(w->section[bias_section] + 4u * channel);
+    rq.mult = rd_i32(w->section[bias_section + 1] + 4u * channel);
+    rq.shift = (uint32_t)rd_i32(w->section[bias_section + 2] + 4u * channel);
+    rq.qmax = (uint32_t)qmax;
+    return rq;
 }
 
-/* A padding-1 3x3 conv: output channel o reads per_out input channels starting at o * in_step
- * (the stem: all of them, in_step 0; the depthwise conv: its own channel, in_step 1). */
-static void conv3x3(const agn_weights_t *w, int first_section, const uint8_t *in, uint32_t in_h,
-                    uint32_t in_w, uint32_t per_out, uint32_t in_step, uint32_t out_ch, uint32_t stride,
-                    int32_t qmax, uint8_t *out) {
+/* clamp((acc * mult + 2^(shift-1)) >> shift, 0, qmax) with a flooring shift: a negative sum floors
+ * to a negative value and clamps to 0, so only non-negative values are ever shifted. The general
+ * case, in int64. */
+static uint8_t requantize(int32_t acc, const requant_t *rq) {
+    const int64_t sum = (int64_t)acc * rq->mult + ((int64_t)1 << (rq->shift - 1u));
+    uint64_t y;
+    if (sum < 0) return 0;
+    y = (uint64_t)sum >> rq->shift;
+    return (uint8_t)(y > rq->qmax ? rq->qmax : y);
+}
+
+/* requantize() of n accumulators. Where shift >= 33 (M < 2^-2, every layer of the shipped models)
+ * the rounding term 2^(shift-1) is a whole multiple of 2^32: it adds 2^(shift-33) to the high word
+ * of acc * mult, and the low word adds less than one output step, which the flooring shift drops.
+ * So y = (high + 2^(shift-33)) >> (shift-32) exactly, with one 32x32->64 multiply and no 64-bit
+ * add or shift. */
+static void requantize_row(const int32_t *acc, uint32_t n, const requant_t *rq, uint8_t *out) {
+    uint32_t i;
+    if (rq->shift >= 33u) {
+        const int32_t mult = rq->mult;
+        const uint32_t round = 1u << (rq->shift - 33u), shift = rq->shift - 32u, qmax = rq->qmax;
+        for (i = 0; i < n; i++) {
+            /* the product's two's complement bits; |high + round| < 2^30, so bit 31 is the sign */
+            const uint32_t high = (uint32_t)((uint64_t)((int64_t)acc[i] * mult) >> 32) + round;
+            const uint32_t y = high >= 0x80000000u ? 0u : high >> shift;
+            out[i] = (uint8_t)(y > qmax ? qmax : y);
+        }
+    } else {
+        for (i = 0; i < n; i++) out[i] = requantize(acc[i], rq);
+    }
+}
+
+/* A 3x3 kernel widened once to int32, the operand the multiply-accumulates want, rows top to
+ * bottom. */
+typedef struct {
+    int32_t k[9];
+} kernel_t;
+
+/* A window whose left column is padding: the taps of columns 0 and 1 (p) with the kernel's right two
+ * columns. */
+static int32_t window_left(const uint8_t *p, uint32_t w, const kernel_t *k) {
+    return p[0] * k->k[1] + p[1] * k->k[2] + p[w] * k->k[4] + p[w + 1u] * k->k[5] + p[2u * w] * k->k[7] +
+           p[2u * w + 1u] * k->k[8];
+}
+
+/* A window whose right column is padding: the taps of the plane's last two columns (p) with the
+ * kernel's left two columns. */
+static int32_t window_right(const uint8_t *p, uint32_t w, const kernel_t *k) {
+    return p[0] * k->k[0] + p[1] * k->k[1] + p[w] * k->k[3] + p[w + 1u] * k->k[4] + p[2u * w] * k->k[6] +
+           p[2u * w + 1u] * k->k[7];
+}
+
+/* The accumulators of one output row of a padding-1 3x3 conv over one plane (in_w >= 2), bias
+ * included. row is the first of the three input rows the kernel covers. Column 0 always reaches
+ * into the left padding, the last column into the right padding only where the stride lands it
+ * there; the columns between read nine taps with no checks, the weights held in locals (acc is
+ * written through a pointer the compiler cannot tell apart from the kernel's). */
+static inline void conv_row(const uint8_t *row, uint32_t in_w, uint32_t stride, uint32_t out_w,
+                            const kernel_t *kernel, int32_t bias, int32_t *acc) {
+    const int32_t k0 = kernel->k[0], k1 = kernel->k[1], k2 = kernel->k[2];
+    const int32_t k3 = kernel->k[3], k4 = kernel->k[4], k5 = kernel->k[5];
+    const int32_t k6 = kernel->k[6], k7 = kernel->k[7], k8 = kernel->k[8];
+    const uint32_t right_pad = (out_w - 1u) * stride + 1u >= in_w ? 1u : 0u;
+    const uint8_t *p = row + stride - 1u;  /* output column 1's window starts at input stride - 1 */
+    int32_t *end = acc + out_w - right_pad, *a;
+    acc[0] = bias + window_left(row, in_w, kernel);
+    for (a = acc + 1; a < end; a++, p += stride) {
+        const uint8_t *q = p + in_w, *r = p + 2u * in_w;
+        *a = bias + p[0] * k0 + p[1] * k1 + p[2] * k2 + q[0] * k3 + q[1] * k4 + q[2] * k5 +
+             r[0] * k6 + r[1] * k7 + r[2] * k8;
+    }
+    if (right_pad && out_w > 1u) acc[out_w - 1u] = bias + window_right(row + in_w - 2u, in_w, kernel);
+}
+
+/* One output channel of a padding-1 3x3 conv over a single input plane of at least 3 x 2.
+ * A window that reaches into the top or bottom padding row reads the nearest three real rows
+ * instead, with a kernel whose rows are moved down or up and zero where they meet a row the window
+ * does not cover: every read stays inside the plane and no tap needs a bounds check. Inline so that
+ * each layer gets its plane size as constants. */
+static inline void conv_plane(const uint8_t *in, uint32_t in_h, uint32_t in_w, uint32_t stride,
+                              const int8_t *weights, const requant_t *rq, uint8_t *out) {
+    const uint32_t out_h = (in_h - 1u) / stride + 1u, out_w = (in_w - 1u) / stride + 1u;
+    int32_t acc[MAX_ROW];
+    kernel_t mid, top, bottom;
+    uint32_t i, oy;
+    for (i = 0; i < 9u; i++) {
+        mid.k[i] = weights[i];
+        top.k[i] = i < 6u ? weights[i + 3u] : 0;      /* kernel rows 1, 2 over input rows 0, 1 */
+        bottom.k[i] = i < 3u ? 0 : weights[i - 3u];   /* kernel rows 0, 1 over the last two rows */
+    }
+    for (oy = 0; oy < out_h; oy++) {
+        /* The window's first input row is oy * stride - 1 (<= in_h - 2: its middle row is always real). */
+        const kernel_t *k = &mid;
+        uint32_t first = oy * stride - 1u;
+        if (oy == 0u) {  /* starts in the top padding */
+            k = &top;
+            first = 0;
+        } else if (first + 2u >= in_h) {  /* ends in the bottom padding */
+            k = &bottom;
+            first = in_h - 3u;
+        }
+        conv_row(in + first * in_w, in_w, stride, out_w, k, rq->bias, acc);
+        requantize_row(acc, out_w, rq, out + oy * out_w);
+    }
+}
+
+/* The general padding-1 3x3 conv, with a bounds check per tap: for stems of more than one input
+ * channel and planes too small for conv_plane. Output channel o reads per_out input channels
+ * starting at o * in_step (the stem: all of them, in_step 0; the depthwise conv: its own, in_step 1). */
+static void conv3x3_checked(const agn_weights_t *w, int first_section, const uint8_t *in, uint32_t in_h,
+                            uint32_t in_w, uint32_t per_out, uint32_t in_step, uint32_t out_ch, uint32_t stride,
+                            int32_t qmax, uint8_t *out) {
     const int8_t *weights = (const int8_t *)w->section[first_section];
-    const uint8_t *bias = w->section[first_section + 1];
-    const uint8_t *mult = w->section[first_section + 2];
-    const uint8_t *shift = w->section[first_section + 3];
     const uint32_t out_h = (in_h - 1u) / stride + 1u, out_w = (in_w - 1u) / stride + 1u;
     uint32_t o, oy, ox, c, ky, kx;
     for (o = 0; o < out_ch; o++) {
-        const int32_t b = rd_i32(bias + 4u * o), m = rd_i32(mult + 4u * o), s = rd_i32(shift + 4u * o);
+        const requant_t rq = load_requant(w, first_section + 1, o, qmax);
         const int8_t *kernel = weights + o * per_out * 9u;
         const uint8_t *plane0 = in + o * in_step * in_h * in_w;
         for (oy = 0; oy < out_h; oy++) {
             for (ox = 0; ox < out_w; ox++) {
-                int32_t acc = b;
+                int32_t acc = rq.bias;
                 for (c = 0; c < per_out; c++) {
                     const uint8_t *plane = plane0 + c * in_h * in_w;
                     const int8_t *k = kernel + c * 9u;
@@ -231,24 +349,76 @@ static void conv3x3(const agn_weights_t *w, int first_section, const uint8_t *in
                         }
                     }
                 }
-                *out++ = requantize(acc, m, s, qmax);
+                *out++ = requantize(acc, &rq);
             }
         }
     }
 }
 
+/* conv_plane needs a plane of at least 3 rows and 2 columns. */
+#define PLANE_FITS(h, w) ((h) >= 3 && (w) >= 2)
+
+/* The stem: with one input channel every output channel is a conv over the image plane. */
+static void stem(const agn_weights_t *w, const uint8_t *in, int32_t qmax, uint8_t *out) {
+    const int8_t *weights = (const int8_t *)w->section[SEC_STEM_W];
+    uint32_t o;
+    if (AGN_IN_CH != 1 || !PLANE_FITS(AGN_IN_H, AGN_IN_W)) {
+        conv3x3_checked(w, SEC_STEM_W, in, AGN_IN_H, AGN_IN_W, AGN_IN_CH, 0u, AGN_STEM_CH, AGN_STEM_STRIDE,
+                        qmax, out);
+        return;
+    }
+    for (o = 0; o < AGN_STEM_CH; o++) {
+        const requant_t rq = load_requant(w, SEC_STEM_B, o, qmax);
+        conv_plane(in, AGN_IN_H, AGN_IN_W, AGN_STEM_STRIDE, weights + 9u * o, &rq,
+                   out + o * (AGN_STEM_H * AGN_STEM_W));
+    }
+}
+
+/* The depthwise conv: output channel o is a conv over stem plane o. */
+static void depthwise(const agn_weights_t *w, const uint8_t *in, int32_t qmax, uint8_t *out) {
+    const int8_t *weights = (const int8_t *)w->section[SEC_DW_W];
+    uint32_t o;
+    if (!PLANE_FITS(AGN_STEM_H, AGN_STEM_W)) {
+        conv3x3_checked(w, SEC_DW_W, in, AGN_STEM_H, AGN_STEM_W, 1u, 1u, AGN_STEM_CH, AGN_DW_STRIDE, qmax, out);
+        return;
+    }
+    for (o = 0; o < AGN_STEM_CH; o++) {
+        const requant_t rq = load_requant(w, SEC_DW_B, o, qmax);
+        conv_plane(in + o * (AGN_STEM_H * AGN_STEM_W), AGN_STEM_H, AGN_STEM_W, AGN_DW_STRIDE, weights + 9u * o,
+                   &rq, out + o * FEAT_PIXELS);
+    }
+}
+
+/* Pointwise 1x1 conv, out[f][p] = requant(bias[f] + sum_s in[s][p] * w[f][s]), PW_GROUP pixels at a
+ * time so that each weight load serves PW_GROUP multiply-accumulates. */
 static void pointwise(const agn_weights_t *w, const uint8_t *in, int32_t qmax, uint8_t *out) {
     const int8_t *weights = (const int8_t *)w->section[SEC_PW_W];
+    int32_t acc[PW_GROUP];
     uint32_t f, p, s;
     for (f = 0; f < AGN_FEAT_CH; f++) {
-        const int32_t b = rd_i32(w->section[SEC_PW_B] + 4u * f);
-        const int32_t m = rd_i32(w->section[SEC_PW_M] + 4u * f);
-        const int32_t sh = rd_i32(w->section[SEC_PW_S] + 4u * f);
+        const requant_t rq = load_requant(w, SEC_PW_B, f, qmax);
         const int8_t *row = weights + f * AGN_STEM_CH;
-        for (p = 0; p < FEAT_PIXELS; p++) {
-            int32_t acc = b;
-            for (s = 0; s < AGN_STEM_CH; s++) acc += (int32_t)in[s * FEAT_PIXELS + p] * (int32_t)row[s];
-            out[f * FEAT_PIXELS + p] = requantize(acc, m, sh, qmax);
+        uint8_t *dst = out + f * FEAT_PIXELS;
+        for (p = 0; p + PW_GROUP <= FEAT_PIXELS; p += PW_GROUP) {
+            const uint8_t *x = in + p;
+            int32_t a0 = rq.bias, a1 = rq.bias, a2 = rq.bias, a3 = rq.bias;
+            for (s = 0; s < AGN_STEM_CH; s++, x += FEAT_PIXELS) {
+                const int32_t k = row[s];
+                a0 += x[0] * k;
+                a1 += x[1] * k;
+                a2 += x[2] * k;
+                a3 += x[3] * k;
+            }
+            acc[0] = a0;
+            acc[1] = a1;
+            acc[2] = a2;
+            acc[3] = a3;
+            requantize_row(acc, PW_GROUP, &rq, dst + p);
+        }
+        for (; p < FEAT_PIXELS; p++) {  /* the pixels left over from the groups */
+            int32_t sum = rq.bias;
+            for (s = 0; s < AGN_STEM_CH; s++) sum += in[s * FEAT_PIXELS + p] * (int32_t)row[s];
+            dst[p] = requantize(sum, &rq);
         }
     }
 }
@@ -287,29 +457,47 @@ uint16_t agn_f32_to_f16(float value) {
     return (uint16_t)(sign | half);
 }
 
+/* The float logit, its half bits and the running argmax (the first on a tie) of class j. */
+static void local_logit(const agn_weights_t *w, uint32_t j, int32_t acc, float *best, agn_result_t *result) {
+    const float logit = (float)acc * rd_f32(w->section[SEC_LOCAL_SCALE] + 4u * j);  /* one float32 multiply */
+    result->acc[j] = acc;
+    result->logits_f16[j] = agn_f32_to_f16(logit);
+    if (j == 0u || logit > *best) {
+        *best = logit;
+        result->local_class = (uint8_t)j;
+    }
+}
+
+/* The local linear layer, two classes per pass over the features so that each feature load serves
+ * two multiply-accumulates. */
 static void local_predictor(const agn_weights_t *w, const uint8_t *features, agn_result_t *result) {
     const int8_t *weights = (const int8_t *)w->section[SEC_LOCAL_W];
     float best = 0.0f;
     uint32_t j, i;
-    for (j = 0; j < AGN_CLASSES; j++) {
+    for (j = 0; j + 2u <= AGN_CLASSES; j += 2u) {
+        const int8_t *row0 = weights + j * LOCAL_INPUTS, *row1 = row0 + LOCAL_INPUTS;
+        int32_t acc0 = rd_i32(w->section[SEC_LOCAL_B] + 4u * j);
+        int32_t acc1 = rd_i32(w->section[SEC_LOCAL_B] + 4u * (j + 1u));
+        for (i = 0; i < LOCAL_INPUTS; i++) {
+            const int32_t x = features[i];
+            acc0 += x * row0[i];
+            acc1 += x * row1[i];
+        }
+        local_logit(w, j, acc0, &best, result);
+        local_logit(w, j + 1u, acc1, &best, result);
+    }
+    if (j < AGN_CLASSES) {  /* an odd class count leaves one */
         const int8_t *row = weights + j * LOCAL_INPUTS;
         int32_t acc = rd_i32(w->section[SEC_LOCAL_B] + 4u * j);
-        float logit;
-        for (i = 0; i < LOCAL_INPUTS; i++) acc += (int32_t)features[i] * (int32_t)row[i];
-        logit = (float)acc * rd_f32(w->section[SEC_LOCAL_SCALE] + 4u * j);  /* one float32 multiply */
-        result->acc[j] = acc;
-        result->logits_f16[j] = agn_f32_to_f16(logit);
-        if (j == 0u || logit > best) {
-            best = logit;
-            result->local_class = (uint8_t)j;
-        }
+        for (i = 0; i < LOCAL_INPUTS; i++) acc += (int32_t)features[i] * row[i];
+        local_logit(w, j, acc, &best, result);
     }
 }
 
 int agn_infer(const agn_weights_t *weights, const uint8_t *image, agn_result_t *result,
               uint8_t *payload, uint16_t payload_cap) {
     uint8_t *input = arena + AGN_ARENA_INPUT;
-    uint8_t *stem = arena + AGN_ARENA_STEM;
+    uint8_t *stem_out = arena + AGN_ARENA_STEM;
     uint8_t *dw = arena + AGN_ARENA_DW;
     uint8_t *pw = arena + AGN_ARENA_PW;
     const uint8_t *qmax = NULL;
@@ -322,10 +510,8 @@ int agn_infer(const agn_weights_t *weights, const uint8_t *image, agn_result_t *
         for (i = 0; i < AGN_IMAGE_BYTES; i++) input[i] = image[i];
     }
     /* Steps of the memory plan: 0 input -> stem, 1 stem -> dw, 2 dw -> pw, 3 pw -> logits, payload. */
-    conv3x3(weights, SEC_STEM_W, input, AGN_IN_H, AGN_IN_W, AGN_IN_CH, 0u, AGN_STEM_CH, AGN_STEM_STRIDE,
-            rd_i32(qmax), stem);
-    conv3x3(weights, SEC_DW_W, stem, AGN_STEM_H, AGN_STEM_W, 1u, 1u, AGN_STEM_CH, AGN_DW_STRIDE,
-            rd_i32(qmax + 4), dw);
+    stem(weights, input, rd_i32(qmax), stem_out);
+    depthwise(weights, stem_out, rd_i32(qmax + 4), dw);
     pointwise(weights, dw, rd_i32(qmax + 8), pw);
     local_predictor(weights, pw, result);
     result->payload_len = 0;

@@ -120,8 +120,36 @@ static uint32_t varint_size(uint32_t value) {
     return n;
 }
 
+/* Codes the events of a flagged row (one with a non-base symbol), backwards: each position's value
+ * and flag from the last position to the first. up is the row above, or NULL for the first row. */
+static int encode_row(encoder_t *e, const prior_t *t, const uint8_t *row, const uint8_t *up, const uint8_t *lut,
+                      uint32_t base, const uint8_t *value_freqs, const uint8_t *flag_freqs) {
+    const uint32_t W = t->width;
+    /* Only the last position non-base: the decoder infers its flag, so none is coded. */
+    const int implied = !any_non_base(row, lut, base, W - 1u);
+    uint32_t i = W;
+    while (i-- > 0u) {
+        const uint32_t s = lut[row[i]];
+        const int non_base = s != base;
+        uint32_t left, above;
+        if (non_base) {
+            const uint32_t v = s - (s > base ? 1u : 0u);
+            uint32_t u, cum = 0;
+            for (u = 0; u < v; u++) cum += rd16(value_freqs + 2u * u);
+            if (put(e, rd16(value_freqs + 2u * v), cum)) return -1;
+            if (implied && i == W - 1u) continue;
+        }
+        left = i > 0u && lut[row[i - 1u]] != base;
+        above = up != NULL && lut[up[i]] != base;
+        if (put_bit(e, rd16(flag_freqs + 2u * (4u * i + 2u * left + above)), non_base)) return -1;
+    }
+    return 0;
+}
+
 /* The body's events, backwards: per row (last first) each position's value and flag from the
- * last position to the first, then the row's flag. */
+ * last position to the first, then the row's flag. Most rows hold only the base symbol and cost
+ * one scan and one row-flag event; each row is scanned once, its flag carried to the row below's
+ * context. */
 static int encode_body(encoder_t *e, const prior_t *t, const uint8_t *values, const uint8_t *lut) {
     const uint32_t H = t->height, W = t->width, n1 = t->n_symbols - 1u;
     uint32_t c = t->channels;
@@ -129,33 +157,15 @@ static int encode_body(encoder_t *e, const prior_t *t, const uint8_t *values, co
         const uint32_t base = t->base[c];
         const uint8_t *value_freqs = t->values + 2u * c * n1;
         uint32_t h = H;
+        int flagged = any_non_base(values + (c * H + H - 1u) * W, lut, base, W);
         while (h-- > 0u) {
             const uint32_t row_index = c * H + h;
             const uint8_t *row = values + row_index * W;
-            const int flagged = any_non_base(row, lut, base, W);
             const int up_row = h > 0u && any_non_base(row - W, lut, base, W);
-            if (flagged) {
-                /* Only the last position non-base: the decoder infers its flag, so none is coded. */
-                const int implied = !any_non_base(row, lut, base, W - 1u);
-                uint32_t i = W;
-                while (i-- > 0u) {
-                    const uint32_t s = lut[row[i]];
-                    const int non_base = s != base;
-                    uint32_t left, up, f1;
-                    if (non_base) {
-                        const uint32_t v = s - (s > base ? 1u : 0u);
-                        uint32_t u, cum = 0;
-                        for (u = 0; u < v; u++) cum += rd16(value_freqs + 2u * u);
-                        if (put(e, rd16(value_freqs + 2u * v), cum)) return -1;
-                        if (implied && i == W - 1u) continue;
-                    }
-                    left = i > 0u && lut[row[i - 1u]] != base;
-                    up = h > 0u && lut[(row - W)[i]] != base;
-                    f1 = rd16(t->flags + 2u * (4u * (row_index * W + i) + 2u * left + up));
-                    if (put_bit(e, f1, non_base)) return -1;
-                }
-            }
+            if (flagged && encode_row(e, t, row, h > 0u ? row - W : NULL, lut, base, value_freqs,
+                                      t->flags + 2u * 4u * row_index * W)) return -1;
             if (put_bit(e, rd16(t->rows + 2u * (2u * row_index + (up_row ? 1u : 0u))), flagged)) return -1;
+            flagged = up_row;  /* the row above is the next one coded */
         }
     }
     return 0;
