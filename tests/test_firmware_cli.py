@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from agilenn.checkpoint import Checkpoint
 from agilenn.cli import main
+from agilenn.data import load_mnist_sample
 from agilenn.firmware.export import MANIFEST_FILE, WEIGHTS_FILE, read_manifest
+from agilenn.firmware.image import pack_image
+from agilenn.firmware.int8 import quantize_model
 from agilenn.firmware.toolchain import CORTEX_M4, HOST, missing_tools
 from agilenn.pretrained import load_checkpoint
 
-from .conftest import mnist_dir
+from .conftest import mnist_dir, reap
 
 pytestmark = [
     pytest.mark.skipif(not mnist_dir().is_dir(), reason="needs ../shared/data/mnist"),
@@ -93,3 +99,32 @@ def test_demo_runs_the_firmware_in_qemu_through_the_gateway(
     assert mcu["requests"] == mcu["offloaded"] == 12 and mcu["lost"] == 0
     assert mcu["gateway"]["forwarded"] == 12 and mcu["gateway_exit_code"] == 0
     assert mcu["accuracy"] >= 0.8
+
+
+def test_agilenn_pair_pushes_a_new_version_to_the_booted_firmware(
+        firmware: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    original = load_checkpoint("pretrained:mnist")
+    state = dict(original.state_dict)
+    state["local_predictor.linear.bias"] = state["local_predictor.linear.bias"] + 0.25
+    update = Checkpoint(original.config, original.codec, state, dict(original.metadata))
+    (tmp_path / "update.agnn").write_bytes(update.to_bytes())
+    (tmp_path / "update.agw").write_bytes(pack_image(quantize_model(update, load_mnist_sample().images[:64])))
+    mcu = subprocess.Popen(
+        [sys.executable, "-m", "agilenn", "mcu", "--firmware", str(firmware), "--emulator", "host", "--line",
+         "none", "--pair", "2", "--classify", "1", "--data-dir", str(mnist_dir())],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert mcu.stdout is not None
+        link = json.loads(mcu.stdout.readline())["link"]
+        registry = tmp_path / "paired.json"
+        assert main(["pair", "--port", link, "--model", str(tmp_path / "update.agnn"), "--push", "--image",
+                     str(tmp_path / "update.agw"), "--attempts", "2", "--registry", str(registry)]) == 0
+        record = json.loads(capsys.readouterr().out)
+        assert record["updated"] and record["model_hash"] == update.model_hash
+        assert json.loads(mcu.stdout.readline())["pair"]["outcome"] == "updated"
+        report = json.loads(mcu.stdout.read())
+        assert report["status"]["model_hash"] == update.model_hash and report["status"]["pushes_applied"] == 1
+        assert mcu.wait(timeout=30) == 0
+        assert update.model_hash == json.loads(registry.read_text())["agilenn-mcu-0"]["model_hash"]
+    finally:
+        reap(mcu)

@@ -6,11 +6,13 @@ The first line printed is JSON naming both ports. ``--line serial-115200``
 puts an emulated cable of that rate between the firmware's UART and the port
 printed (QEMU's UART itself runs as fast as the host copies bytes).
 
-``--pair N`` then has the device pair (it says HELLO, takes a push into its
-inactive weight slot, and tries again up to N times); ``--classify N`` feeds N
-test images through the console, the device offloading each through whatever
-answers on its link, and prints accuracy, latency percentiles and how many were
-offloaded, answered locally or lost. Without either it runs until interrupted.
+``--pair N`` has the device pair at boot (it says HELLO, takes a push into its
+inactive weight slot, and tries again up to N times) and prints the outcome.
+``--classify N`` then feeds N test images through the console, the device
+offloading each through whatever answers on its link, prints accuracy, latency
+percentiles (each from the image's first byte on the console to the answer)
+and how many were offloaded, answered locally or lost, and stops. Without it
+the device runs until interrupted.
 """
 
 from __future__ import annotations
@@ -112,14 +114,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         with running(args.firmware, args.emulator, args.line) as (firmware, port):
             print(json.dumps({"link": port, "console": firmware.console.port_name, "mode": firmware.mode,
                               "line": args.line}), flush=True)
+            if args.pair:  # printed at once: the device keeps running on what it paired with
+                print(json.dumps({"pair": _plain(firmware.console.pair(args.pair, args.pair_timeout_ms))}),
+                      flush=True)
             report: dict[str, Any] = {}
-            if args.pair:
-                report["pair"] = _plain(firmware.console.pair(args.pair, args.pair_timeout_ms))
             if test is not None:
                 report["classify"] = classify_images(firmware.console, test.images, test.labels)
-            report["status"] = _plain(firmware.console.status())
-            if not args.pair and test is None:
+            else:
                 _wait_for_signal()
+            report["status"] = _plain(firmware.console.status())
             print_json(report)
     except (AgileNNError, OSError, FirmwareError, ToolchainError, TransportError, ValueError) as exc:
         return fail(str(exc))
