@@ -7,11 +7,12 @@ images) and writes FW/: the C sources, ``agn_config.h`` and
 ``agilenn pair --image`` pushes. ``make -C FW host`` or ``make -C FW cortex-m4``
 builds it; ``agilenn mcu --firmware FW`` boots it.
 
-``--verify`` then builds the firmware, boots it (``--emulator cortex-m4``: in
-QEMU, counting instructions; ``host``: a native process), runs the test set
-through it and prints agreement with PyTorch float, both accuracies, whether
-every payload matches the Python int8 reference byte for byte, flash and RAM
-from the linker map and instructions per inference.
+The output names the model hash and, where arm-none-eabi-gcc is installed,
+flash and RAM from the Cortex-M4 linker map. ``--verify`` then builds the
+firmware, boots it (``--emulator cortex-m4``: in QEMU, counting instructions;
+``host``: a native process), runs the test set through it and prints
+agreement with PyTorch float, both accuracies, whether every payload matches
+the Python int8 reference byte for byte, and instructions per inference.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ..data import load_dataset
 from ..errors import AgileNNError
 from ..firmware.export import write_firmware
 from ..firmware.int8 import quantize_model
-from ..firmware.toolchain import CORTEX_M4, HOST, ToolchainError
+from ..firmware.toolchain import CORTEX_M4, HOST, ToolchainError, mcu_memory
 from ..firmware.verify import verify_firmware
 from ..pretrained import DEFAULT_MODEL, load_checkpoint
 from .common import fail, print_json
@@ -59,9 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = quantize_model(checkpoint, calibration.images)
         manifest = write_firmware(checkpoint, model, args.out, model_name=args.model,
                                   device_id=args.device_id, calibration_images=len(calibration))
+        flash, ram = mcu_memory(args.out)  # from the Cortex-M4 linker map
         report: dict[str, object] = {"out": str(args.out), "model_hash": manifest.model_hash,
                                      "image_bytes": manifest.image_bytes,
-                                     "calibration_images": manifest.calibration_images}
+                                     "calibration_images": manifest.calibration_images,
+                                     "flash_bytes": flash, "ram_bytes": ram}
         if args.verify:
             test = load_dataset(args.dataset, "test", args.data_dir).head(args.limit)
             with tqdm(total=len(test), desc=f"firmware on {args.emulator}", disable=args.json,

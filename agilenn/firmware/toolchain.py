@@ -124,6 +124,14 @@ def _output_sections(text: str) -> list[tuple[str, int, int, int | None]]:
     return sections
 
 
+def mcu_memory(fw_dir: Path) -> tuple[int | None, int | None]:
+    """(flash bytes, RAM bytes) of the Cortex-M4 build, built if need be; (None, None) without its
+    toolchain."""
+    if missing_tools(CORTEX_M4):
+        return None, None
+    return memory_usage(build(fw_dir, CORTEX_M4))
+
+
 def memory_usage(map_path: Path) -> tuple[int, int]:
     """(flash bytes, RAM bytes) of a Cortex-M build, from its GNU ld map (or the ELF beside it).
 

@@ -21,7 +21,7 @@ from ..checkpoint import Checkpoint
 from ..codec import FeatureCodec
 from .int8 import Int8Model
 from .runner import boot
-from .toolchain import CORTEX_M4, Target, build, memory_usage, missing_tools
+from .toolchain import Target, build
 
 FLOAT_BATCH = 500
 
@@ -81,9 +81,6 @@ def verify_firmware(fw_dir: Path, target: Target, checkpoint: Checkpoint, model:
                     progress: Callable[[int], None] = lambda done: None) -> dict[str, Any]:
     """Build for ``target``, run ``images`` through the firmware and report the figures."""
     build(fw_dir, target)
-    flash = ram = None
-    if not missing_tools(CORTEX_M4):  # the memory figures come from the Cortex-M linker map
-        flash, ram = memory_usage(build(fw_dir, CORTEX_M4))
     firmware = run_firmware(fw_dir, target, images, progress)
     reference = model.run(images)
     reference_payloads = model.payloads(reference)
@@ -103,8 +100,6 @@ def verify_firmware(fw_dir: Path, target: Target, checkpoint: Checkpoint, model:
         "logits_identical": bool(np.array_equal(firmware.logits_f16, reference.logits_f16)
                                  and np.array_equal(firmware.accumulators, reference.acc)),
         "payload_bytes_mean": round(float(np.mean([len(p) for p in firmware.payloads])), 2),
-        "flash_bytes": flash,
-        "ram_bytes": ram,
         "instructions_per_inference": int(np.median(counted)) if counted.size else None,
         "instructions_max": int(counted.max()) if counted.size else None,
     }
