@@ -99,6 +99,7 @@ def test_demo_runs_the_firmware_in_qemu_through_the_gateway(
     assert mcu["requests"] == mcu["offloaded"] == 12 and mcu["lost"] == 0
     assert mcu["gateway"]["forwarded"] == 12 and mcu["gateway_exit_code"] == 0
     assert mcu["accuracy"] >= 0.8
+    assert 0 < mcu["device_latency_ms"]["p50"] <= mcu["latency_ms"]["p50"]
 
 
 def test_agilenn_pair_pushes_a_new_version_to_the_booted_firmware(

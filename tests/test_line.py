@@ -49,3 +49,17 @@ def test_a_cut_line_drops_what_crosses_it_then_carries_again() -> None:
         finally:
             device.close()
             host.close()
+
+
+def test_byte_errors_are_counted() -> None:
+    device_master, device_port = open_pty()
+    with SerialLine(device_master, LinkProfile("noisy", byte_error_rate=0.5), seed=3) as line:
+        device, host = SerialPipe(device_port), SerialPipe(line.host_port)
+        try:
+            device.write(bytes(200))
+            received = _read_exactly(host, 200, 5.0)
+            assert len(received) == 200
+            assert line.corrupted_bytes == sum(byte != 0 for byte in received) > 50
+        finally:
+            device.close()
+            host.close()

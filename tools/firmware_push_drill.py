@@ -114,7 +114,7 @@ def drill(firmware: Firmware, cable: SerialLine, plan: dict[bytes, tuple[Checkpo
               flush=True)
     status = firmware.console.status()
     return {**counts, "pushes_applied": status.pushes_applied, "pushes_failed": status.pushes_failed,
-            "line_bytes_dropped_by_cuts": cable.dropped_bytes}
+            "line_bytes_dropped_by_cuts": cable.dropped_bytes, "line_bytes_corrupted": cable.corrupted_bytes}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

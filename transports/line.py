@@ -44,6 +44,11 @@ class SerialLine:
         for thread in self._threads:
             thread.start()
 
+    @property
+    def corrupted_bytes(self) -> int:
+        """Bytes the line's byte errors changed, both ways."""
+        return self._to_host.stats.corrupted_bytes + self._to_device.stats.corrupted_bytes
+
     def cut(self, seconds: float) -> None:
         """Drop every byte, both ways, for ``seconds`` from now."""
         self._cut_until = time.monotonic() + seconds

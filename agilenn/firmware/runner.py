@@ -68,6 +68,7 @@ class ClassifyResult:
     offloaded: bool  # False: the local class (no session, an error, or no answer within 2 s)
     local_class: int
     instructions: int
+    device_us: int  # the device's own clock from the image in to the answer out (meaningless under -icount)
 
 
 @dataclass(frozen=True)
@@ -119,11 +120,11 @@ class Console:
 
     def classify(self, image: bytes, timeout: float | None = None) -> ClassifyResult:
         self._request(CMD_CLASSIFY, self._image(image))
-        body = self._answer("CLASSIFY", 0x82, 7, timeout)
-        label, source, local, instructions = struct.unpack("<BBBI", body)
+        body = self._answer("CLASSIFY", 0x82, 11, timeout)
+        label, source, local, instructions, elapsed_us = struct.unpack("<BBBII", body)
         if source not in (0, 1) or label >= self.classes or local >= self.classes:
             raise FirmwareError(f"CLASSIFY answered class {label}, source {source}, local class {local}")
-        return ClassifyResult(label, source == 0, local, instructions)
+        return ClassifyResult(label, source == 0, local, instructions, elapsed_us)
 
     def pair(self, attempts: int = 3, timeout_ms: int = 2000, wait: float | None = None) -> PairResult:
         """Ask the firmware to pair over its link (HELLO, then a push if the host sends one)."""

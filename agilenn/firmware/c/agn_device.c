@@ -430,8 +430,8 @@ static void command_verify(void) {
 
 static void command_classify(void) {
     agn_result_t result;
-    uint32_t instructions;
-    uint8_t buf[8], label;
+    uint32_t instructions, started = agn_port_micros();
+    uint8_t buf[12], label;
     int offloaded;
     if (run_model_or_say_why(&result, &instructions) != 0) return;
     label = result.local_class;
@@ -443,7 +443,8 @@ static void command_classify(void) {
     buf[2] = offloaded ? 0 : 1;
     buf[3] = result.local_class;
     wr32(buf + 4, instructions);
-    agn_port_console_write(buf, 8);
+    wr32(buf + 8, agn_port_micros() - started);
+    agn_port_console_write(buf, 12);
 }
 
 static void command_pair(uint8_t attempts, uint16_t timeout_ms) {

@@ -17,6 +17,7 @@ void agn_port_link_write(const uint8_t *data, uint32_t length);
 int agn_port_console_read(void);
 void agn_port_console_write(const uint8_t *data, uint32_t length);
 uint32_t agn_port_millis(void);                              /* milliseconds since boot, wrapping */
+uint32_t agn_port_micros(void);                              /* microseconds since boot, wrapping */
 /* A free-running counter (0 where the platform cannot count): on mps2, the 25 MHz timer in units of
  * 8 ns of virtual time. agn_port_instructions_elapsed turns the difference of two readings into
  * instructions, exact under QEMU -icount shift=AGN_ICOUNT_SHIFT when nothing idles in between. */

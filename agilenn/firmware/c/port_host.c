@@ -109,6 +109,12 @@ uint32_t agn_port_millis(void) {
     return (uint32_t)((now.tv_sec - agn_start.tv_sec) * 1000 + (now.tv_nsec - agn_start.tv_nsec) / 1000000);
 }
 
+uint32_t agn_port_micros(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (uint32_t)((now.tv_sec - agn_start.tv_sec) * 1000000 + (now.tv_nsec - agn_start.tv_nsec) / 1000);
+}
+
 uint32_t agn_port_instructions(void) { return 0; }
 uint32_t agn_port_instructions_elapsed(uint32_t start, uint32_t end) {
     (void)start;

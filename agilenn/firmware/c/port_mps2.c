@@ -102,6 +102,18 @@ void agn_port_console_write(const uint8_t *data, uint32_t length) { agn_uart_wri
 
 uint32_t agn_port_millis(void) { return agn_ms; }
 
+/* The millisecond count and how far SysTick has counted down into the next one. A tick that lands
+ * between the two reads is seen as the count changing: read again. The product wraps mod 2^32 as
+ * the result does, so differences stay right across the wrap. */
+uint32_t agn_port_micros(void) {
+    uint32_t ms, into;
+    do {
+        ms = agn_ms;
+        into = CORE_HZ / 1000u - 1u - AGN_REG(SYST_CVR);
+    } while (ms != agn_ms);
+    return ms * 1000u + into / (CORE_HZ / 1000000u);
+}
+
 /* Ticks of 40 ns times 5: units of 8 ns. The product wraps with the timer (2^32 * 5 = 0 mod 2^32),
  * so differences stay right across the wrap, up to 34 s of virtual time apart. */
 uint32_t agn_port_instructions(void) { return agn_ticks_now() * 5u; }
