@@ -181,5 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{mcu['requests']} inferences from an MCU ({mcu['device']}), through the serial gateway\n"
                   f"  accuracy     {mcu['accuracy']:.3f}\n"
                   f"  offloaded    {mcu['offloaded']} (the rest answered locally on the MCU)\n"
+                  + (f"  latency ms   p50 {mcu['device_latency_ms']['p50']} on the MCU's clock, "
+                     f"{mcu['latency_ms']['p50']} from the console; lost {mcu['lost']}\n"
+                     if mcu.get("device_latency_ms") else "") +
                   f"  gateway      {mcu['gateway']} exit {mcu['gateway_exit_code']}")
     return 0 if server_exit == 0 and mcu.get("gateway_exit_code", 0) == 0 else 1
