@@ -7,6 +7,7 @@ WEIGHT_CHUNK / WEIGHT_COMMIT itself with an AGW1 image (docs/FIRMWARE.md section
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import threading
@@ -280,8 +281,9 @@ def test_pairing_with_nobody_on_the_link_fails_every_attempt(device: Firmware,
 
 
 # ------------------------------------------------------------------ offloading
-@pytest.fixture
-def gateway(link: ReliableLink) -> Iterator[SerialGateway]:
+@contextlib.contextmanager
+def serving_gateway(link: ReliableLink) -> Iterator[SerialGateway]:
+    """A gateway relaying ``link`` to an in-memory server, serving on a thread for the block."""
     with RemoteServer.in_memory() as server:
         serial_gateway = SerialGateway(link, client=server.connect(), timeout_s=2.0)
         stop = threading.Event()
@@ -293,6 +295,12 @@ def gateway(link: ReliableLink) -> Iterator[SerialGateway]:
             stop.set()
             thread.join()
             serial_gateway.close()
+
+
+@pytest.fixture
+def gateway(link: ReliableLink) -> Iterator[SerialGateway]:
+    with serving_gateway(link) as serial_gateway:
+        yield serial_gateway
 
 
 def test_classify_is_offloaded_through_the_gateway_on_a_compact_session(device: Firmware,
@@ -388,15 +396,6 @@ def test_the_cortex_m4_build_takes_a_push_and_offloads_through_the_gateway_in_qe
         # back to the served model's hash (the server serves by it), then offload through the gateway
         peer, result = pair_with(m4, serial_link, [Push(images.default, images.model_hash)], attempts=2)
         assert (result.outcome, result.active_slot, result.model_hash) == ("updated", 0, images.model_hash)
-        with RemoteServer.in_memory() as server:
-            serial_gateway = SerialGateway(serial_link, client=server.connect(), timeout_s=2.0)
-            stop = threading.Event()
-            thread = threading.Thread(target=serial_gateway.serve, args=(stop,), name="test-gateway")
-            thread.start()
-            try:
-                results = [m4.console.classify(image_of(i), timeout=20) for i in range(3)]
-            finally:
-                stop.set()
-                thread.join()
-                serial_gateway.close()
+        with serving_gateway(serial_link) as serial_gateway:
+            results = [m4.console.classify(image_of(i), timeout=20) for i in range(3)]
         assert all(r.offloaded for r in results) and serial_gateway.stats["forwarded"] == 3

@@ -99,19 +99,23 @@ def _parse_results(raw: bytes, classes: int) -> list[tuple[np.ndarray, np.ndarra
 # --------------------------------------------------------------------------- C vs Python
 
 
+def _assert_c_matches_the_reference(model: Int8Model, driver: Path, images: np.ndarray,
+                                    tmp_path: Path) -> None:
+    """The driver, given the model's image, answers every image exactly as ``Int8Model.run`` does."""
+    outputs = model.run(images)
+    payloads = model.payloads(outputs)
+    raw = _run_driver(driver, [str(_write_image(tmp_path, pack_image(model)))], images.tobytes())
+    results = _parse_results(raw, model.dims.classes)
+    assert len(results) == len(images)
+    for i, (acc, f16, local_class, payload) in enumerate(results):
+        assert np.array_equal(acc, outputs.acc[i]) and np.array_equal(f16, outputs.logits_f16[i]), i
+        assert local_class == outputs.local_class[i] and payload == payloads[i], i
+
+
 def test_c_model_is_bit_exact_with_the_python_reference(
         model: Int8Model, driver: Path, images: tuple[np.ndarray, np.ndarray], tmp_path: Path) -> None:
     test_images = images[1]
-    outputs = model.run(test_images)
-    payloads = model.payloads(outputs)
-    raw = _run_driver(driver, [str(_write_image(tmp_path, pack_image(model)))], test_images.tobytes())
-    results = _parse_results(raw, model.dims.classes)
-    assert len(results) == len(test_images)
-    for i, (acc, f16, local_class, payload) in enumerate(results):
-        assert np.array_equal(acc, outputs.acc[i]), i
-        assert np.array_equal(f16, outputs.logits_f16[i]), i
-        assert local_class == outputs.local_class[i], i
-        assert payload == payloads[i], i
+    _assert_c_matches_the_reference(model, driver, test_images, tmp_path)
     # The compiled-in slot A holds the same image and gives the same bytes.
     assert _run_driver(driver, ["--default"], test_images[:20].tobytes()) == _run_driver(
         driver, [str(tmp_path / "model.agw")], test_images[:20].tobytes())
@@ -175,14 +179,7 @@ def test_c_model_is_bit_exact_on_shapes_mnist_never_reaches(shape: dict[str, int
     binary = tmp_path / "driver"
     subprocess.run(["gcc", *CFLAGS, f"-I{C_DIR}", f"-I{tmp_path}", *map(str, sources), "-o", str(binary)],
                    check=True, capture_output=True, text=True)
-    outputs = model.run(images)
-    payloads = model.payloads(outputs)
-    raw = _run_driver(binary, [str(_write_image(tmp_path, pack_image(model)))], images.tobytes())
-    results = _parse_results(raw, model.dims.classes)
-    assert len(results) == len(images)
-    for i, (acc, f16, local_class, payload) in enumerate(results):
-        assert np.array_equal(acc, outputs.acc[i]) and np.array_equal(f16, outputs.logits_f16[i]), i
-        assert local_class == outputs.local_class[i] and payload == payloads[i], i
+    _assert_c_matches_the_reference(model, binary, images, tmp_path)
 
 
 def test_c_coder_matches_the_codec_on_dense_and_sparse_symbols(
