@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import shutil
+import struct
 import threading
 import time
 import zlib
@@ -269,6 +270,36 @@ def test_the_real_pairing_host_pushes_each_version_and_a_new_host_is_answered_at
     assert (result.outcome, result.attempts, result.model_hash) == ("updated", 1, images.model_hash)
     back = device.console.verify(image_of(3))
     assert np.array_equal(back.accumulators, before.accumulators) and back.payload == before.payload
+
+
+def test_a_power_cut_mid_push_boots_the_old_version_and_a_committed_push_survives_one(
+        firmware_dir: tuple[Path, Images], tmp_path: Path) -> None:
+    fw, images = firmware_dir
+    flash = tmp_path / "flash.bin"
+    with boot(fw, HOST, flash_file=flash) as first, open_serial_link(first.link_port, 115200) as link:
+        reference = first.console.verify(image_of(4))
+        pristine = flash.read_bytes()
+        peer = PairingPeer(link, [Push(images.update, images.update_hash, cut_after=6)])
+        first.console.raw(struct.pack("<BBH", 0x03, 1, 5000), expect=0)  # PAIR, not waiting for its answer
+        peer.run()  # returns once six chunks are acknowledged: in the device's flash
+        assert peer.error is None and peer.log == ["cut"]
+        first.process.kill()  # the power goes, mid-push
+        first.process.wait()
+    assert flash.read_bytes() != pristine  # the cut push had reached slot B
+    with boot(fw, HOST, flash_file=flash) as second, open_serial_link(second.link_port, 115200) as link:
+        status = second.console.status()
+        assert (status.active_slot, status.model_hash) == (0, images.model_hash)  # the old version
+        assert second.console.verify(image_of(4)).payload == reference.payload
+        _, result = pair_with(second, link, [Push(images.update, images.update_hash)], attempts=1)
+        assert result.outcome == "updated"
+        second.process.kill()  # no orderly shutdown: only what reached the flash counts
+        second.process.wait()
+    with boot(fw, HOST, flash_file=flash) as third:
+        status = third.console.status()
+        assert (status.active_slot, status.model_hash) == (1, images.update_hash)
+        again = third.console.verify(image_of(4))  # the same weights under the pushed hash
+        assert again.payload == reference.payload
+        assert np.array_equal(again.accumulators, reference.accumulators)
 
 
 def test_pairing_with_nobody_on_the_link_fails_every_attempt(device: Firmware,

@@ -256,13 +256,17 @@ class Firmware:
         self.close()
 
 
-def command(fw_dir: Path, target: Target, count_instructions: bool = False) -> list[str]:
-    """The command line that boots ``target`` (built already)."""
+def command(fw_dir: Path, target: Target, count_instructions: bool = False,
+            flash_file: Path | None = None) -> list[str]:
+    """The command line that boots ``target`` (built already). ``flash_file`` (host only): the flash
+    persists there across restarts, so killing the process is a power cut."""
     program = artifact(fw_dir, target)
     if not program.is_file():
         raise FirmwareError(f"{program} is not built: run agilenn.firmware.toolchain.build first")
     if target == HOST:
-        return [str(program)]
+        return [str(program)] + (["--flash", str(flash_file)] if flash_file is not None else [])
+    if flash_file is not None:
+        raise ValueError("QEMU's mps2 flash is RAM and starts afresh at every boot: flash_file is host-only")
     qemu = require("qemu-system-arm")
     line = [qemu, "-M", QEMU_MACHINE, "-nographic", "-monitor", "none", "-serial", "pty", "-serial", "pty",
             "-kernel", str(program)]
@@ -272,12 +276,12 @@ def command(fw_dir: Path, target: Target, count_instructions: bool = False) -> l
 
 
 def boot(fw_dir: Path, target: Target, count_instructions: bool = False,
-         timeout: float = BOOT_TIMEOUT_S) -> Firmware:
+         timeout: float = BOOT_TIMEOUT_S, flash_file: Path | None = None) -> Firmware:
     """Start the firmware and open its console; FirmwareError if it does not come up within ``timeout``."""
     if target not in (HOST, CORTEX_M4):
         raise ValueError(f"unknown firmware target {target!r}")
     config = read_config(fw_dir)
-    line = command(fw_dir, target, count_instructions)
+    line = command(fw_dir, target, count_instructions, flash_file)
     log = tempfile.TemporaryFile()
     try:
         process = subprocess.Popen(line, stdin=subprocess.DEVNULL, stdout=log, stderr=log,

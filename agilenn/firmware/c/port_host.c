@@ -1,7 +1,10 @@
 /* port_host.c: the device as a POSIX process. Its two UARTs are ptys; like QEMU it prints
  *   char device redirected to /dev/pts/N (label serial0)     the link
  *   char device redirected to /dev/pts/M (label serial1)     the console
- * on stderr, then runs the device loop. Flash is plain memory; no instruction counter (0). */
+ * on stderr, then runs the device loop. Flash is plain memory, and with --flash FILE it is also
+ * written through to FILE (slot A, slot B, the boot record), which the next start loads: a
+ * process killed mid-push is a power cut, and its restart boots what the flash holds. No
+ * instruction counter (0). */
 #define _XOPEN_SOURCE 600
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
@@ -26,6 +29,13 @@ typedef struct {
 
 static agn_host_uart_t agn_uarts[2];
 static struct timespec agn_start;
+static const char *agn_flash_path; /* NULL: flash is memory only */
+static int agn_flash_fd = -1;
+
+/* Where each flash region lies in the file. */
+static uint8_t *const agn_regions[3] = {agn_slot_a, agn_slot_b, agn_boot_record};
+static const uint32_t agn_region_bytes[3] = {AGN_SLOT_BYTES, AGN_SLOT_BYTES, AGN_BOOT_RECORD_BYTES};
+#define AGN_FLASH_FILE_BYTES (2u * AGN_SLOT_BYTES + AGN_BOOT_RECORD_BYTES)
 
 static void agn_host_die(const char *what) {
     fprintf(stderr, "agn_host: %s: %s\n", what, strerror(errno));
@@ -57,8 +67,26 @@ static void agn_host_open(agn_host_uart_t *u, const char *label) {
     fflush(stderr);
 }
 
+/* Loads the flash from the file if it holds a whole image of it, else writes the built-in contents
+ * there: the first start of a device with a new file. */
+static void agn_host_open_flash(void) {
+    uint32_t i, offset = 0;
+    int whole;
+    if (agn_flash_path == NULL) return;
+    agn_flash_fd = open(agn_flash_path, O_RDWR | O_CREAT, 0644);
+    if (agn_flash_fd < 0) agn_host_die(agn_flash_path);
+    whole = lseek(agn_flash_fd, 0, SEEK_END) == (off_t)AGN_FLASH_FILE_BYTES;
+    for (i = 0; i < 3; i++) {
+        ssize_t n = whole ? pread(agn_flash_fd, agn_regions[i], agn_region_bytes[i], offset)
+                          : pwrite(agn_flash_fd, agn_regions[i], agn_region_bytes[i], offset);
+        if (n != (ssize_t)agn_region_bytes[i]) agn_host_die(agn_flash_path);
+        offset += agn_region_bytes[i];
+    }
+}
+
 void agn_port_init(void) {
     clock_gettime(CLOCK_MONOTONIC, &agn_start);
+    agn_host_open_flash();
     agn_host_open(&agn_uarts[0], "serial0");
     agn_host_open(&agn_uarts[1], "serial1");
 }
@@ -160,15 +188,26 @@ static int agn_inside(const uint8_t *dest, uint32_t length, const uint8_t *base,
 }
 
 int agn_port_flash_write(uint8_t *dest, const uint8_t *src, uint32_t length) {
-    if (!agn_inside(dest, length, agn_slot_a, AGN_SLOT_BYTES) && !agn_inside(dest, length, agn_slot_b, AGN_SLOT_BYTES) &&
-        !agn_inside(dest, length, agn_boot_record, AGN_BOOT_RECORD_BYTES)) {
-        return -1;
+    uint32_t i, offset = 0;
+    for (i = 0; i < 3; i++) {
+        if (agn_inside(dest, length, agn_regions[i], agn_region_bytes[i])) {
+            memmove(dest, src, length);
+            offset += (uint32_t)(dest - agn_regions[i]);
+            if (agn_flash_fd >= 0 && pwrite(agn_flash_fd, dest, length, offset) != (ssize_t)length) return -1;
+            return 0;
+        }
+        offset += agn_region_bytes[i];
     }
-    memmove(dest, src, length);
-    return 0;
+    return -1;
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    if (argc == 3 && strcmp(argv[1], "--flash") == 0) {
+        agn_flash_path = argv[2];
+    } else if (argc != 1) {
+        fprintf(stderr, "usage: %s [--flash FILE]\n", argv[0]);
+        return 2;
+    }
     agn_device_run();
     return 0;
 }
