@@ -63,13 +63,13 @@ class Images:
     update_hash: bytes
 
 
-def assemble(out: Path) -> Images:
+def assemble(out: Path, device_id: str = "agilenn-mcu-0") -> Images:
     """A firmware folder: the C sources plus the generated config and default image."""
     for source in C_DIR.iterdir():
         if source.is_file():
             shutil.copyfile(source, out / source.name)
     model = quantize_model(CHECKPOINT, SAMPLE.images[:64])
-    for name, text in model_sources(model, "agilenn-mcu-0").items():
+    for name, text in model_sources(model, device_id).items():
         (out / name).write_text(text)
     image = pack_image(model)
     update_hash = bytes.fromhex("0123456789abcdef")
@@ -300,6 +300,20 @@ def test_a_power_cut_mid_push_boots_the_old_version_and_a_committed_push_survive
         again = third.console.verify(image_of(4))  # the same weights under the pushed hash
         assert again.payload == reference.payload
         assert np.array_equal(again.accumulators, reference.accumulators)
+
+
+def test_a_64_byte_device_id_still_gets_its_hello_and_its_longest_refusal_out(tmp_path: Path) -> None:
+    long_id = "m" * 64  # the protocol's largest
+    images = assemble(tmp_path, long_id)
+    build(tmp_path, HOST)
+    wrong_dims = bytearray(images.update)
+    wrong_dims[23] ^= 1  # the stem's channel count: a valid SHA-256, an image this firmware cannot run
+    with boot(tmp_path, HOST) as device, open_serial_link(device.link_port, 115200) as link:
+        peer, result = pair_with(device, link, [Push(bytes(wrong_dims), images.update_hash)], attempts=1)
+    assert peer.hellos[0].device_id == long_id
+    reason = "not a valid image: dims differ from those this firmware was compiled for"
+    assert peer.log == [f"commit False {reason}"]
+    assert (result.outcome, result.model_hash) == ("refused", images.model_hash)
 
 
 def test_pairing_with_nobody_on_the_link_fails_every_attempt(device: Firmware,

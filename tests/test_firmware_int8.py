@@ -24,9 +24,10 @@ from agilenn.entropy import fit_prior
 from agilenn.firmware.image import HEADER_BYTES, pack_image, parse_image
 from agilenn.firmware.int8 import Int8Model, calibrate, quantize_model, requant_multiplier
 from agilenn.firmware.memplan import Buffer, plan_memory
-from agilenn.firmware.sources import model_sources, payload_bound
+from agilenn.firmware.sources import DEVICE_ID_MAX_BYTES, model_sources, payload_bound
 from agilenn.model import AgileNN
 from agilenn.pretrained import load_pretrained
+from transports.messages import MAX_DEVICE_ID_BYTES
 
 from .conftest import REPO, mnist_dir
 
@@ -376,3 +377,7 @@ def test_generated_config_has_the_contract_macros(model: Int8Model) -> None:
     assert slot % 1024 == 0 and slot >= 1.25 * len(image)
     with pytest.raises(ValueError):
         model_sources(model, 'bad"id\n')
+    assert DEVICE_ID_MAX_BYTES == MAX_DEVICE_ID_BYTES  # the protocol's limit, kept in step
+    model_sources(model, "d" * MAX_DEVICE_ID_BYTES)
+    with pytest.raises(ValueError, match="over the protocol's 64 bytes"):
+        model_sources(model, "d" * (MAX_DEVICE_ID_BYTES + 1))

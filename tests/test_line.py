@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from transports.emulator import LinkProfile
+from transports.errors import TransportClosed
 from transports.line import SerialLine
 from transports.serial_pipe import SerialPipe, open_pty
 
@@ -63,3 +65,20 @@ def test_byte_errors_are_counted() -> None:
         finally:
             device.close()
             host.close()
+
+
+def test_closing_a_line_nobody_reads_returns_promptly() -> None:
+    device_master, device_port = open_pty()
+    profile = LinkProfile("fast", bandwidth_bytes_per_s=1e7, send_buffer_bytes=64)  # a delivery thread
+    line = SerialLine(device_master, profile)
+    device = SerialPipe(device_port, write_timeout=0.5)
+    try:
+        with contextlib.suppress(TransportClosed):  # the device's write times out once all is full
+            for _ in range(200):  # 200 KB toward a host port nobody opened: the pty's buffer fills up
+                device.write(bytes(1024))
+        time.sleep(0.3)
+        started = time.monotonic()
+        line.close()
+        assert time.monotonic() - started < 5.0
+    finally:
+        device.close()

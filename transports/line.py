@@ -29,7 +29,11 @@ class SerialLine:
     def __init__(self, device: Pipe, profile: LinkProfile, seed: int = 0) -> None:
         self.profile = profile
         self._device = device
-        self._host, self.host_port = open_pty()
+        try:
+            self._host, self.host_port = open_pty()
+        except OSError:
+            device.close()  # the line owns the device's pipe from here on
+            raise
         self._cut_until = 0.0
         self._stop = threading.Event()
         self.dropped_bytes = 0
@@ -64,16 +68,21 @@ class SerialLine:
             if time.monotonic() < self._cut_until:
                 self.dropped_bytes += len(data)
                 continue
-            line.submit(data)
+            try:
+                line.submit(data)
+            except TransportClosed:
+                return  # closing: what was still to cross is lost, as on a cable pulled out
 
     def close(self) -> None:
         self._stop.set()
+        # The ends first: an emulator's delivery may be blocked writing into a pty nobody reads,
+        # and only a closed pipe lets it go.
+        self._host.close()
+        self._device.close()
         for thread in self._threads:
             thread.join(timeout=2.0)
         self._to_host.close()
         self._to_device.close()
-        self._host.close()
-        self._device.close()
 
     def __enter__(self) -> SerialLine:
         return self

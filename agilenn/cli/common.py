@@ -21,6 +21,14 @@ def print_json(value: dict[str, Any]) -> None:
     print(json.dumps(value, indent=2, sort_keys=True))
 
 
+def print_table(report: dict[str, Any]) -> None:
+    """One ``key  value`` line per entry, floats to four places: the human form of a JSON report."""
+    width = max(map(len, report), default=0)
+    for key, value in report.items():
+        shown = f"{value:.4f}" if isinstance(value, float) else value
+        print(f"{key.ljust(width)}  {shown}")
+
+
 def fail(message: str) -> int:
     print(f"agilenn: error: {message}", file=sys.stderr)
     return 2

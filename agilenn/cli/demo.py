@@ -27,10 +27,12 @@ from typing import Any
 
 import numpy as np
 
+from transports.errors import TransportError
 from transports.zmq_transport import free_loopback_endpoint
 
 from ..bench.stats import latency_percentiles
 from ..daemon import stop_process
+from ..errors import AgileNNError
 from ..firmware.toolchain import Target
 from ..pretrained import DEFAULT_MODEL, load_checkpoint
 from .common import fail, print_json
@@ -143,6 +145,13 @@ def run_firmware_mcu(fw_dir: Path, emulator: Target, server: str, count: int) ->
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.mcu_firmware is not None:  # before any daemon starts
+        from ..firmware.export import read_manifest
+
+        try:
+            read_manifest(args.mcu_firmware)
+        except ValueError as exc:
+            return fail(str(exc))
     endpoint = free_loopback_endpoint()
     launcher = [sys.executable, "-m", "agilenn"]
     started = time.monotonic()
@@ -160,6 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if edge.returncode == 0 and args.mcu_count > 0:
                 mcu = run_firmware_mcu(args.mcu_firmware, args.mcu_emulator, endpoint, args.mcu_count) \
                     if args.mcu_firmware else run_mcu(args.model, endpoint, args.mcu_count)
+    except (AgileNNError, OSError, TransportError, ValueError) as exc:
+        return fail(f"the MCU part failed: {exc}")  # the finally below still stops the server
     finally:
         server_exit = stop_process(server)
     if edge.returncode != 0:

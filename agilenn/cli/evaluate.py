@@ -9,7 +9,7 @@ from ..data import DATASET_HELP, dataset_spec, load_dataset
 from ..errors import AgileNNError
 from ..evaluate import evaluate
 from ..pretrained import DEFAULT_MODEL, load_checkpoint
-from .common import fail, print_json
+from .common import fail, print_json, print_table
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,8 +37,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         print_json(report)
     else:
-        width = max(map(len, report))
-        for key, value in report.items():
-            shown = f"{value:.4f}" if isinstance(value, float) else value
-            print(f"{key.ljust(width)}  {shown}")
+        print_table(report)
     return 0

@@ -21,6 +21,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -31,7 +32,7 @@ from ..firmware.int8 import quantize_model
 from ..firmware.toolchain import CORTEX_M4, HOST, ToolchainError, mcu_memory
 from ..firmware.verify import verify_firmware
 from ..pretrained import DEFAULT_MODEL, load_checkpoint
-from .common import fail, print_json
+from .common import fail, print_json, print_table
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--emulator", choices=(CORTEX_M4, HOST), default=CORTEX_M4,
                         help="where --verify runs the firmware")
     parser.add_argument("--limit", type=int, default=0, help="--verify on the first N test images (0: all)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--json", action="store_true", help="print one JSON object (and no progress bar)")
     return parser
 
 
@@ -61,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         manifest = write_firmware(checkpoint, model, args.out, model_name=args.model,
                                   device_id=args.device_id, calibration_images=len(calibration))
         flash, ram = mcu_memory(args.out)  # from the Cortex-M4 linker map
-        report: dict[str, object] = {"out": str(args.out), "model_hash": manifest.model_hash,
+        report: dict[str, Any] = {"out": str(args.out), "model_hash": manifest.model_hash,
                                      "image_bytes": manifest.image_bytes,
                                      "calibration_images": manifest.calibration_images,
                                      "flash_bytes": flash, "ram_bytes": ram}
@@ -73,5 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                           test.labels, progress=lambda done: bar.update(done - bar.n))
     except (AgileNNError, OSError, ToolchainError, ValueError) as exc:
         return fail(str(exc))
-    print_json(report)
+    if args.json:
+        print_json(report)
+    else:
+        print_table(report)
     return 0 if not args.verify or report["payload_identical"] else 1

@@ -26,7 +26,7 @@ import signal
 import threading
 import time
 from dataclasses import asdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +52,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--emulator", choices=(CORTEX_M4, HOST), default=CORTEX_M4)
     parser.add_argument("--line", default="serial-115200",
                         help="link profile of the cable on the link UART ('none': the bare pty)")
-    parser.add_argument("--pair", type=int, default=0, metavar="ATTEMPTS",
-                        help="pair at boot, this many tries")
-    parser.add_argument("--pair-timeout-ms", type=int, default=5000, help="the device's wait for each answer")
+    parser.add_argument("--pair", type=_in_range(0, 255), default=0, metavar="ATTEMPTS",
+                        help="pair at boot, this many tries (0-255)")
+    parser.add_argument("--pair-timeout-ms", type=_in_range(10, 65535), default=5000,
+                        help="the device's wait for each answer (10-65535). The pairing host (agilenn pair) "
+                             "must be listening within about ATTEMPTS x this after boot")
     parser.add_argument("--classify", type=int, default=0, metavar="N", help="feed N test images, then stop")
     parser.add_argument("--dataset", default="mnist")
     parser.add_argument("--data-dir", help="dataset folder (default: $AGILENN_DATA)")
     return parser
+
+
+def _in_range(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not in [{low}, {high}]")
+        return value
+
+    return parse
 
 
 @contextlib.contextmanager

@@ -7,7 +7,7 @@ Its :class:`Console` sends the console's requests and parses their responses.
 
 Under ``count_instructions`` QEMU runs with ``-icount shift=7``: every guest instruction advances
 the virtual clock by 128 ns, so the firmware's 25 MHz timer counts instructions exactly
-(``ceil(ticks * 40 / 128)``). Without it the timer runs on host time and the counts mean nothing;
+(``round(ticks * 40 / 128)``). Without it the timer runs on host time and the counts mean nothing;
 :attr:`Firmware.counts_instructions` says which mode it booted.
 """
 

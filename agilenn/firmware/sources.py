@@ -14,6 +14,7 @@ SLOT_HEADROOM = 1.25  # a push may bring a somewhat bigger image of the same dim
 SLOT_ROUND = 1024
 PAYLOAD_CAP_LIMIT = 0xFFFF  # agn_infer's payload_cap is a uint16_t
 STATE_BYTES = 3
+DEVICE_ID_MAX_BYTES = 64  # transports.messages.MAX_DEVICE_ID_BYTES, which the core cannot import
 # After renormalisation the rANS state x is >= 16 f, so one step x -> (x // f) * 2^12 + x % f + cum
 # grows log2(x) by less than log2(2^12 / f) + log2(17 / 16): the second term bounds the slack.
 STEP_SLACK_BITS = math.log2(17 / 16)
@@ -61,6 +62,8 @@ def slot_bytes_for(image_bytes: int) -> int:
 def _c_string(text: str) -> str:
     if not text or not all(32 <= ord(ch) < 127 for ch in text):
         raise ValueError(f"device id {text!r} must be non-empty printable ASCII")
+    if len(text) > DEVICE_ID_MAX_BYTES:
+        raise ValueError(f"device id {text!r} is over the protocol's {DEVICE_ID_MAX_BYTES} bytes")
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 

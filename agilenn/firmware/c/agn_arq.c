@@ -223,6 +223,10 @@ static void agn_arq_on_frame(agn_arq_t *arq, const agn_frame_t *frame, uint32_t 
     case AGN_FRAME_NAK:
         agn_arq_on_ack(arq, frame->seq);
         if (arq->inflight && !arq->resetting && frame->seq == arq->inflight_seq) {
+            if (arq->retries >= AGN_ARQ_MAX_RETRIES) { /* a peer NAKing forever gets no more */
+                agn_arq_fail(arq, now);
+                break;
+            }
             arq->retries++;
             arq->stats.retransmissions++;
             agn_arq_send_fragment(arq, now);

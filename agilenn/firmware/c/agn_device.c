@@ -15,8 +15,10 @@ uint8_t agn_slot_b[AGN_SLOT_BYTES] __attribute__((aligned(4), section(".agn_slot
  * so a write cut midway leaves the other record standing. None valid: slot A. */
 uint8_t agn_boot_record[AGN_BOOT_RECORD_BYTES] __attribute__((aligned(4), section(".agn_boot")));
 
-#define AGN_MSG_MAX 160        /* the full messages the device writes: HELLO, COMMIT_REPLY */
 #define AGN_REASON_MAX 96
+/* The full messages the device writes, HELLO and COMMIT_REPLY: the device id and the longest reason
+ * (or the firmware string) plus msgpack's envelope and keys, which take under 96 bytes. */
+#define AGN_MSG_MAX (sizeof(AGN_DEVICE_ID) + AGN_REASON_MAX + sizeof(AGN_FIRMWARE) + 96)
 
 static agn_arq_t agn_link;
 static agn_weights_t agn_weights;
@@ -360,7 +362,7 @@ static int offload(const agn_result_t *result, uint8_t *label) {
             agn_stats.link_dropped++;
             continue;
         }
-        if (reply.kind == AGN_COMPACT_INFER_REPLY && reply.label < AGN_CLASSES) {
+        if (reply.kind == AGN_COMPACT_INFER_REPLY && reply.classes == AGN_CLASSES && reply.label < AGN_CLASSES) {
             *label = reply.label;
             return 1;
         }

@@ -38,7 +38,7 @@ typedef struct {
 #define AGN_FRAME_ERR_OVERRUN (-7) /* no delimiter within the largest frame */
 
 /* Encodes one frame with its 0x00 delimiter into out. Returns the wire length, or -1 if the payload
- * is over 65535 bytes or it does not fit cap. */
+ * is over AGN_FRAME_MAX_PAYLOAD bytes or the frame does not fit cap. */
 int32_t agn_frame_encode(uint8_t kind, uint8_t seq, int more, const uint8_t *payload, uint16_t length,
                          uint8_t *out, size_t cap);
 

@@ -67,8 +67,8 @@ static void agn_host_open(agn_host_uart_t *u, const char *label) {
     fflush(stderr);
 }
 
-/* Loads the flash from the file if it holds a whole image of it, else writes the built-in contents
- * there: the first start of a device with a new file. */
+/* Loads the flash from the file if it holds a whole image of it, else makes it one with the built-in
+ * contents: the first start of a device with a new file (a file of another size is not this flash). */
 static void agn_host_open_flash(void) {
     uint32_t i, offset = 0;
     int whole;
@@ -76,6 +76,7 @@ static void agn_host_open_flash(void) {
     agn_flash_fd = open(agn_flash_path, O_RDWR | O_CREAT, 0644);
     if (agn_flash_fd < 0) agn_host_die(agn_flash_path);
     whole = lseek(agn_flash_fd, 0, SEEK_END) == (off_t)AGN_FLASH_FILE_BYTES;
+    if (!whole && ftruncate(agn_flash_fd, (off_t)AGN_FLASH_FILE_BYTES) != 0) agn_host_die(agn_flash_path);
     for (i = 0; i < 3; i++) {
         ssize_t n = whole ? pread(agn_flash_fd, agn_regions[i], agn_region_bytes[i], offset)
                           : pwrite(agn_flash_fd, agn_regions[i], agn_region_bytes[i], offset);
