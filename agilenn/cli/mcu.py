@@ -13,8 +13,7 @@ offloading each through whatever answers on its link, prints accuracy, latency
 percentiles (``latency_ms``: from the image's first byte on the console to the
 answer; ``device_latency_ms``: the device's own clock, from the image in its
 memory to the answer) and how many were offloaded, answered locally or lost,
-and stops. Without it
-the device runs until interrupted.
+and stops. Without it the device runs until interrupted.
 """
 
 from __future__ import annotations
