@@ -7,7 +7,10 @@ accuracy, latency percentiles, bytes per request and the fallback count.
 
 Then an MCU joins: a simulated MCU on one end of a real pty pair runs the
 device part itself and offloads through a second ``agilenn edge --serial``
-daemon (gateway mode) on the other end, to the same server.
+daemon (gateway mode) on the other end, to the same server. With
+``--mcu-firmware FW`` (a folder ``agilenn export`` wrote) the MCU is the C
+firmware instead, booted in QEMU (or as a host process) behind an emulated
+``serial-115200`` cable, fed the sample images through its console.
 """
 
 from __future__ import annotations
