@@ -56,6 +56,11 @@ def rans_encode(freqs: np.ndarray, cums: np.ndarray) -> bytes:
             emit(x & 0xFF)
             x >>= 8
         x = ((x // f) << PROB_BITS) + x % f + c
+    return _with_final_state(out, x)
+
+
+def _with_final_state(out: bytearray, x: int) -> bytes:
+    """The body: the encoder's final state, then the bytes it emitted, both in decoding order."""
     out += bytes((x & 0xFF, (x >> 8) & 0xFF, x >> 16))
     out.reverse()
     return bytes(out)
@@ -443,9 +448,7 @@ class ContextPrior(Prior):
                     emit(x & 0xFF)
                     x >>= 8
                 x = ((x // f) << PROB_BITS) + x % f + cum
-        out += bytes((x & 0xFF, (x >> 8) & 0xFF, x >> 16))
-        out.reverse()
-        return bytes(out)
+        return _with_final_state(out, x)
 
     def decode(self, body: bytes) -> np.ndarray:
         x, pos = _initial_state(body), STATE_BYTES
