@@ -1,11 +1,15 @@
-"""Seeded manipulators for MemoryPipe (the faults a real serial line produces), and helpers that
-talk to a server over whichever transport it serves on."""
+"""Seeded manipulators for MemoryPipe (the faults a real serial line produces), helpers that
+talk to a server over whichever transport it serves on, and second model versions to push."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
 
+from agilenn.checkpoint import Checkpoint
+from agilenn.data import load_mnist_sample
+from agilenn.firmware.image import pack_image
+from agilenn.firmware.int8 import quantize_model
 from server_node.remote import RemoteServer
 from transports.messages import Message, decode_message, encode_message
 from transports.pipe import Manipulator
@@ -64,3 +68,15 @@ def all_replies(server: RemoteServer, requests: Sequence[Message | bytes], quiet
     finally:
         client.close()
     return replies
+
+
+def another_version(checkpoint: Checkpoint, bias_step: float) -> Checkpoint:
+    """The same network with its local bias moved by ``bias_step``: another model hash to roll out."""
+    state = dict(checkpoint.state_dict)
+    state["local_predictor.linear.bias"] = state["local_predictor.linear.bias"] + bias_step
+    return Checkpoint(checkpoint.config, checkpoint.codec, state, dict(checkpoint.metadata))
+
+
+def int8_image(checkpoint: Checkpoint) -> bytes:
+    """The AGW1 image of ``checkpoint``, calibrated on 64 sample images (enough for a test)."""
+    return pack_image(quantize_model(checkpoint, load_mnist_sample().images[:64]))

@@ -9,16 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from agilenn.checkpoint import Checkpoint
 from agilenn.cli import main
-from agilenn.data import load_mnist_sample
 from agilenn.firmware.export import MANIFEST_FILE, WEIGHTS_FILE, read_manifest
-from agilenn.firmware.image import pack_image
-from agilenn.firmware.int8 import quantize_model
 from agilenn.firmware.toolchain import CORTEX_M4, HOST, missing_tools
 from agilenn.pretrained import load_checkpoint
 
 from .conftest import mnist_dir, reap
+from .fakes import another_version, int8_image
 
 pytestmark = [
     pytest.mark.skipif(not mnist_dir().is_dir(), reason="needs ../shared/data/mnist"),
@@ -104,12 +101,9 @@ def test_demo_runs_the_firmware_in_qemu_through_the_gateway(
 
 def test_agilenn_pair_pushes_a_new_version_to_the_booted_firmware(
         firmware: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    original = load_checkpoint("pretrained:mnist")
-    state = dict(original.state_dict)
-    state["local_predictor.linear.bias"] = state["local_predictor.linear.bias"] + 0.25
-    update = Checkpoint(original.config, original.codec, state, dict(original.metadata))
+    update = another_version(load_checkpoint("pretrained:mnist"), 0.25)
     (tmp_path / "update.agnn").write_bytes(update.to_bytes())
-    (tmp_path / "update.agw").write_bytes(pack_image(quantize_model(update, load_mnist_sample().images[:64])))
+    (tmp_path / "update.agw").write_bytes(int8_image(update))
     mcu = subprocess.Popen(
         [sys.executable, "-m", "agilenn", "mcu", "--firmware", str(firmware), "--emulator", "host", "--line",
          "none", "--pair", "2", "--classify", "1", "--data-dir", str(mnist_dir())],

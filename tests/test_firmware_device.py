@@ -46,6 +46,8 @@ from transports.messages import (
 )
 from transports.reliable import ReliableLink, open_serial_link
 
+from .fakes import another_version, int8_image
+
 C_DIR = Path(__file__).resolve().parents[1] / "agilenn" / "firmware" / "c"
 CHECKPOINT = load_pretrained("mnist")
 SAMPLE = load_mnist_sample().head(200)
@@ -256,10 +258,8 @@ def test_the_real_pairing_host_pushes_each_version_and_a_new_host_is_answered_at
         device: Firmware, firmware_dir: tuple[Path, Images]) -> None:
     images = firmware_dir[1]
     before = device.console.verify(image_of(3))
-    state = dict(CHECKPOINT.state_dict)
-    state["local_predictor.linear.bias"] = state["local_predictor.linear.bias"] + 0.5
-    nudged = Checkpoint(CHECKPOINT.config, CHECKPOINT.codec, state, dict(CHECKPOINT.metadata))
-    nudged_image = pack_image(quantize_model(nudged, SAMPLE.images[:64]))
+    nudged = another_version(CHECKPOINT, 0.5)
+    nudged_image = int8_image(nudged)
     result = _host_pushes(device.link_port, nudged, nudged_image, device)
     assert (result.outcome, result.attempts, result.model_hash.hex()) == ("updated", 1, nudged.model_hash)
     moved = device.console.verify(image_of(3))

@@ -7,10 +7,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from agilenn.checkpoint import Checkpoint
-from agilenn.data import load_mnist_sample
-from agilenn.firmware.image import pack_image
-from agilenn.firmware.int8 import quantize_model
 from agilenn.pretrained import load_pretrained
 from edge_node.pairing import McuSimulator, PairingHost, PairingRecord, device_part_bytes
 from transports.arq import ArqConfig
@@ -19,6 +15,7 @@ from transports.reliable import ReliableLink
 from transports.serial_pipe import SerialPipe, open_pty
 
 from .conftest import reap
+from .fakes import another_version, int8_image
 
 CHECKPOINT = load_pretrained("mnist")
 FAST = ArqConfig(retransmit_timeout=0.1)
@@ -177,21 +174,11 @@ def test_a_link_that_drops_mid_push_leaves_the_device_on_its_version(
     assert device.model_hash == bytes(8) and device.weights == b""  # still the old version
 
 
-def _int8_image(checkpoint: Checkpoint) -> bytes:
-    return pack_image(quantize_model(checkpoint, load_mnist_sample().images[:64]))
-
-
-def _another_version(checkpoint: Checkpoint) -> Checkpoint:
-    state = dict(checkpoint.state_dict)
-    state["local_predictor.linear.bias"] = state["local_predictor.linear.bias"] + 0.01
-    return Checkpoint(checkpoint.config, checkpoint.codec, state, dict(checkpoint.metadata))
-
-
 def test_c_firmware_is_pushed_the_int8_image_not_torch_bytes(
     cable: tuple[ReliableLink, ReliableLink]
 ) -> None:
     host_link, device_link = cable
-    image = _int8_image(CHECKPOINT)
+    image = int8_image(CHECKPOINT)
     device = McuSimulator(device_link, "mcu-c99", "agilenn-c99/1 host", bytes(8))
     host = PairingHost(host_link, CHECKPOINT, push_weights=True, int8_image=image)
     record, (accepted, reason) = _pair(host, device)
@@ -213,8 +200,8 @@ def test_an_int8_image_of_another_model_is_refused_before_pairing(
     cable: tuple[ReliableLink, ReliableLink]
 ) -> None:
     host_link, _ = cable
-    other = _another_version(CHECKPOINT)
+    other = another_version(CHECKPOINT, 0.01)
     with pytest.raises(ValueError, match=f"exported from model {other.model_hash}"):
-        PairingHost(host_link, CHECKPOINT, push_weights=True, int8_image=_int8_image(other))
+        PairingHost(host_link, CHECKPOINT, push_weights=True, int8_image=int8_image(other))
     with pytest.raises(ValueError, match="AGW1"):
         PairingHost(host_link, CHECKPOINT, push_weights=True, int8_image=b"torch bytes")
