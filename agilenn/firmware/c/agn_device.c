@@ -1,6 +1,7 @@
 /* agn_device.c: the device side of docs/FIRMWARE.md sections 3 and 4. */
 #include "agn_device.h"
 #include "agn_arq.h"
+#include "agn_bytes.h"
 #include "agn_compact.h"
 #include "agn_crc32.h"
 #include "agn_model.h"
@@ -44,21 +45,6 @@ static uint8_t agn_cmd_args[4];
 static const uint8_t agn_zero_hash[8] = {0, 0, 0, 0, 0, 0, 0, 0};
 
 /* ------------------------------------------------------------------ helpers */
-static uint32_t rd32(const uint8_t *p) {
-    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
-}
-
-static void wr32(uint8_t *p, uint32_t v) {
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-    p[2] = (uint8_t)(v >> 16);
-    p[3] = (uint8_t)(v >> 24);
-}
-
-static void wr16(uint8_t *p, uint16_t v) {
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-}
 
 static int same(const uint8_t *a, const uint8_t *b, uint32_t n) {
     uint32_t i;
@@ -97,7 +83,7 @@ static const uint8_t *model_hash(void) { return agn_weights_ok ? agn_weights_mod
 /* ------------------------------------------------------------------ slots and the boot record */
 static int open_slot(uint8_t index) {
     const uint8_t *image = slot(index);
-    uint32_t length = rd32(image + 16);
+    uint32_t length = agn_rd32(image + 16);
     if (length > AGN_SLOT_BYTES) return -1;
     return agn_weights_open(&agn_weights, image, length) == 0 ? 0 : -1;
 }
@@ -107,13 +93,13 @@ static void boot(void) {
     uint32_t best_generation = 0;
     for (r = 0; r < 2; r++) {
         const uint8_t *rec = agn_boot_record + 16 * r;
-        if (same(rec, (const uint8_t *)"AGB1", 4) && rd32(rec + 12) == agn_crc32(0, rec, 12) && rd32(rec + 8) < 2 &&
-            (best == 0xFF || rd32(rec + 4) > best_generation)) {
+        if (same(rec, (const uint8_t *)"AGB1", 4) && agn_rd32(rec + 12) == agn_crc32(0, rec, 12) && agn_rd32(rec + 8) < 2 &&
+            (best == 0xFF || agn_rd32(rec + 4) > best_generation)) {
             best = r;
-            best_generation = rd32(rec + 4);
+            best_generation = agn_rd32(rec + 4);
         }
     }
-    agn_active = best == 0xFF ? 0 : (uint8_t)rd32(agn_boot_record + 16 * best + 8);
+    agn_active = best == 0xFF ? 0 : (uint8_t)agn_rd32(agn_boot_record + 16 * best + 8);
     agn_generation = best == 0xFF ? 0 : best_generation;
     agn_weights_ok = open_slot(agn_active) == 0;
     if (!agn_weights_ok && open_slot((uint8_t)(1 - agn_active)) == 0) {
@@ -126,9 +112,9 @@ static int switch_slot(uint8_t index) {
     uint8_t rec[16];
     uint32_t generation = agn_generation + 1;
     rec[0] = 'A'; rec[1] = 'G'; rec[2] = 'B'; rec[3] = '1';
-    wr32(rec + 4, generation);
-    wr32(rec + 8, index);
-    wr32(rec + 12, agn_crc32(0, rec, 12));
+    agn_wr32(rec + 4, generation);
+    agn_wr32(rec + 8, index);
+    agn_wr32(rec + 12, agn_crc32(0, rec, 12));
     if (agn_port_flash_write(agn_boot_record + 16 * (generation & 1u), rec, 16) != 0) return -1;
     agn_generation = generation;
     agn_active = index;
@@ -415,17 +401,17 @@ static void command_verify(void) {
     uint8_t buf[8];
     if (run_model_or_say_why(&result, &instructions) != 0) return;
     buf[0] = 0x81;
-    wr32(buf + 1, instructions);
+    agn_wr32(buf + 1, instructions);
     agn_port_console_write(buf, 5);
     for (i = 0; i < AGN_CLASSES; i++) {
-        wr32(buf, (uint32_t)result.acc[i]);
+        agn_wr32(buf, (uint32_t)result.acc[i]);
         agn_port_console_write(buf, 4);
     }
     for (i = 0; i < AGN_CLASSES; i++) {
-        wr16(buf, result.logits_f16[i]);
+        agn_wr16(buf, result.logits_f16[i]);
         agn_port_console_write(buf, 2);
     }
-    wr16(buf, result.payload_len);
+    agn_wr16(buf, result.payload_len);
     agn_port_console_write(buf, 2);
     agn_port_console_write(agn_payload, result.payload_len);
 }
@@ -444,8 +430,8 @@ static void command_classify(void) {
     buf[1] = offloaded ? label : result.local_class;
     buf[2] = offloaded ? 0 : 1;
     buf[3] = result.local_class;
-    wr32(buf + 4, instructions);
-    wr32(buf + 8, agn_port_micros() - started);
+    agn_wr32(buf + 4, instructions);
+    agn_wr32(buf + 8, agn_port_micros() - started);
     agn_port_console_write(buf, 12);
 }
 
@@ -482,10 +468,10 @@ static void command_status(void) {
     buf[0] = 0x84;
     buf[1] = agn_active;
     for (i = 0; i < 8; i++) buf[2 + i] = hash ? hash[i] : 0;
-    wr32(buf + 10, agn_stats.pushes_applied);
-    wr32(buf + 14, agn_stats.pushes_failed);
-    wr32(buf + 18, agn_stats.offloaded);
-    wr32(buf + 22, agn_stats.local);
+    agn_wr32(buf + 10, agn_stats.pushes_applied);
+    agn_wr32(buf + 14, agn_stats.pushes_failed);
+    agn_wr32(buf + 18, agn_stats.offloaded);
+    agn_wr32(buf + 22, agn_stats.local);
     agn_port_console_write(buf, sizeof(buf));
 }
 
@@ -498,7 +484,7 @@ static void command_calibrate(uint32_t n) {
     end = agn_port_instructions();
     agn_port_irq_enable();
     buf[0] = 0x85;
-    wr32(buf + 1, end == start ? 0 : agn_port_instructions_elapsed(start, end) - agn_overhead);
+    agn_wr32(buf + 1, end == start ? 0 : agn_port_instructions_elapsed(start, end) - agn_overhead);
     agn_port_console_write(buf, 5);
 }
 
@@ -508,7 +494,7 @@ static void run_command(void) {
     case AGN_CMD_CLASSIFY: command_classify(); break;
     case AGN_CMD_PAIR: command_pair(agn_cmd_args[0], (uint16_t)(agn_cmd_args[1] | (agn_cmd_args[2] << 8))); break;
     case AGN_CMD_STATUS: command_status(); break;
-    default: command_calibrate(rd32(agn_cmd_args)); break;
+    default: command_calibrate(agn_rd32(agn_cmd_args)); break;
     }
 }
 

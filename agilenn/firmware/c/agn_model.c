@@ -1,6 +1,7 @@
 /* agn_model.c: the AGW1 image check and the int8 kernels, bit-exact with agilenn/firmware/int8.py.
  * docs/FIRMWARE.md section 1 is the arithmetic, section 2 the image, section 5 the memory. */
 #include <stddef.h>
+#include "agn_bytes.h"
 #include "agn_model.h"
 #include "agn_rans.h"
 
@@ -21,15 +22,10 @@ enum {
 /* Every activation buffer lives here, at the exporter's planned offsets (agn_config.h). */
 static uint8_t arena[AGN_ARENA_BYTES];
 
-static uint32_t rd16(const uint8_t *p) { return (uint32_t)p[0] | ((uint32_t)p[1] << 8); }
-
-static uint32_t rd32(const uint8_t *p) {
-    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
-}
 
 /* Little-endian int32 at p, whatever the host's order or p's alignment. */
 static int32_t rd_i32(const uint8_t *p) {
-    uint32_t bits = rd32(p);
+    uint32_t bits = agn_rd32(p);
     /* two's complement by hand: converting an out-of-range uint32_t to int32_t is implementation-defined */
     return bits < 0x80000000u ? (int32_t)bits : -(int32_t)(~bits) - 1;
 }
@@ -43,7 +39,7 @@ typedef union {
 
 static float rd_f32(const uint8_t *p) {
     f32_bits_t u;
-    u.bits = rd32(p);
+    u.bits = agn_rd32(p);
     return u.value;
 }
 
@@ -113,7 +109,7 @@ static int check_values(const agn_weights_t *w) {
     }
     if ((rc = check_bias(w->section[SEC_LOCAL_B], AGN_CLASSES)) != 0) return rc;
     for (i = 0; i < AGN_CLASSES; i++) {
-        if (((rd32(w->section[SEC_LOCAL_SCALE] + 4u * i) >> 23) & 0xFFu) == 0xFFu) return AGN_ERR_SCALE;
+        if (((agn_rd32(w->section[SEC_LOCAL_SCALE] + 4u * i) >> 23) & 0xFFu) == 0xFFu) return AGN_ERR_SCALE;
     }
     for (i = 0; i < LUT_SIZE; i++) {
         if (w->section[SEC_LUT][i] >= AGN_CENTROIDS) return AGN_ERR_LUT;
@@ -129,12 +125,12 @@ int agn_weights_open(agn_weights_t *weights, const uint8_t *image, uint32_t leng
     clear_weights(weights);
     if (length < AGN_IMAGE_HEADER_BYTES) return AGN_ERR_SHORT;
     if (!same_bytes(image, (const uint8_t *)"AGW1", 4)) return AGN_ERR_MAGIC;
-    if (rd16(image + 4) != FORMAT_VERSION) return AGN_ERR_VERSION;
-    if (rd16(image + 6) != AGN_IMAGE_HEADER_BYTES) return AGN_ERR_HEADER;
-    if (rd32(image + 16) != length) return AGN_ERR_LENGTH;
+    if (agn_rd16(image + 4) != FORMAT_VERSION) return AGN_ERR_VERSION;
+    if (agn_rd16(image + 6) != AGN_IMAGE_HEADER_BYTES) return AGN_ERR_HEADER;
+    if (agn_rd32(image + 16) != length) return AGN_ERR_LENGTH;
     if (!same_bytes(image + 20, compiled_dims, sizeof compiled_dims)) return AGN_ERR_DIMS;
     for (i = 0; i < AGN_SECTIONS; i++) {
-        uint32_t offset = rd32(image + 32u + 8u * i), len = rd32(image + 36u + 8u * i);
+        uint32_t offset = agn_rd32(image + 32u + 8u * i), len = agn_rd32(image + 36u + 8u * i);
         if (offset % 4u != 0u) return AGN_ERR_ALIGN;
         /* In order, after the header and the previous section, and inside the image
          * (written so that no sum can wrap). */

@@ -36,4 +36,23 @@ extern uint8_t agn_slot_a[AGN_SLOT_BYTES];
 extern uint8_t agn_slot_b[AGN_SLOT_BYTES];
 #define AGN_BOOT_RECORD_BYTES 32
 extern uint8_t agn_boot_record[AGN_BOOT_RECORD_BYTES];
+
+/* The flash regions, in the order a port keeps them (the host's --flash file too): 0 slot A,
+ * 1 slot B, 2 the boot record. */
+#define AGN_FLASH_REGIONS 3
+static inline uint8_t *agn_flash_base(int region) {
+    return region == 0 ? agn_slot_a : region == 1 ? agn_slot_b : agn_boot_record;
+}
+static inline uint32_t agn_flash_size(int region) { return region < 2 ? AGN_SLOT_BYTES : AGN_BOOT_RECORD_BYTES; }
+
+/* The region [dest, dest + length) lies wholly inside, or -1: agn_port_flash_write refuses it. */
+static inline int agn_flash_region(const uint8_t *dest, uint32_t length) {
+    int i;
+    for (i = 0; i < AGN_FLASH_REGIONS; i++) {
+        uintptr_t d = (uintptr_t)dest, b = (uintptr_t)agn_flash_base(i);
+        uint32_t size = agn_flash_size(i);
+        if (d >= b && length <= size && d - b <= (uintptr_t)(size - length)) return i;
+    }
+    return -1;
+}
 #endif

@@ -1,5 +1,6 @@
 /* agn_rans.c: byte-wise rANS with a context prior, bit-exact with agilenn/entropy.py. */
 #include <stddef.h>
+#include "agn_bytes.h"
 #include "agn_rans.h"
 
 #define PROB_BITS 12u
@@ -10,7 +11,6 @@
 #define PAYLOAD_MARKER 0xA1u    /* 0xA0 | codec format version 1 */
 #define LAYOUT_RANS 2u
 
-static uint32_t rd16(const uint8_t *p) { return (uint32_t)p[0] | ((uint32_t)p[1] << 8); }
 
 /* Where the prior's tables lie, from its header. */
 typedef struct {
@@ -23,9 +23,9 @@ typedef struct {
 
 static uint32_t prior_layout(prior_t *t, const uint8_t *prior) {
     t->n_symbols = (uint32_t)prior[1] + 1u;
-    t->channels = rd16(prior + 2);
-    t->height = rd16(prior + 4);
-    t->width = rd16(prior + 6);
+    t->channels = agn_rd16(prior + 2);
+    t->height = agn_rd16(prior + 4);
+    t->width = agn_rd16(prior + 6);
     t->rows = prior + PRIOR_HEADER;
     t->flags = t->rows + 2u * t->channels * t->height * 2u;
     t->values = t->flags + 2u * t->channels * t->height * t->width * 4u;
@@ -36,7 +36,7 @@ static uint32_t prior_layout(prior_t *t, const uint8_t *prior) {
 static int binary_ok(const uint8_t *table, uint32_t count) {
     uint32_t i;
     for (i = 0; i < count; i++) {
-        uint32_t f = rd16(table + 2u * i);
+        uint32_t f = agn_rd16(table + 2u * i);
         if (f < 1u || f >= PROB_SCALE) return 0;
     }
     return 1;
@@ -50,8 +50,8 @@ int agn_rans_check_prior(const uint8_t *prior, uint32_t length, uint32_t channel
     if (n_symbols < 2u || n_symbols > 256u || channels == 0u || height == 0u || width == 0u ||
         channels > 0xFFFFu || height > 0xFFFFu || width > 0xFFFFu) return AGN_RANS_ERR_PRIOR;
     /* The shape comes from the caller's compiled dims, so the layout's sizes cannot overflow. */
-    if ((uint32_t)prior[1] + 1u != n_symbols || rd16(prior + 2) != channels || rd16(prior + 4) != height ||
-        rd16(prior + 6) != width) return AGN_RANS_ERR_PRIOR;
+    if ((uint32_t)prior[1] + 1u != n_symbols || agn_rd16(prior + 2) != channels || agn_rd16(prior + 4) != height ||
+        agn_rd16(prior + 6) != width) return AGN_RANS_ERR_PRIOR;
     if (prior_layout(&t, prior) != length) return AGN_RANS_ERR_PRIOR;
     /* A zero frequency would divide by zero; binary events need both outcomes possible. */
     if (!binary_ok(t.rows, channels * height * 2u) || !binary_ok(t.flags, channels * height * width * 4u))
@@ -59,7 +59,7 @@ int agn_rans_check_prior(const uint8_t *prior, uint32_t length, uint32_t channel
     for (c = 0; c < channels; c++) {
         uint32_t sum = 0;
         for (v = 0; v + 1u < n_symbols; v++) {
-            uint32_t f = rd16(t.values + 2u * (c * (n_symbols - 1u) + v));
+            uint32_t f = agn_rd16(t.values + 2u * (c * (n_symbols - 1u) + v));
             if (f == 0u) return AGN_RANS_ERR_PRIOR;
             sum += f;
         }
@@ -135,13 +135,13 @@ static int encode_row(encoder_t *e, const prior_t *t, const uint8_t *row, const 
         if (non_base) {
             const uint32_t v = s - (s > base ? 1u : 0u);
             uint32_t u, cum = 0;
-            for (u = 0; u < v; u++) cum += rd16(value_freqs + 2u * u);
-            if (put(e, rd16(value_freqs + 2u * v), cum)) return -1;
+            for (u = 0; u < v; u++) cum += agn_rd16(value_freqs + 2u * u);
+            if (put(e, agn_rd16(value_freqs + 2u * v), cum)) return -1;
             if (implied && i == W - 1u) continue;
         }
         left = i > 0u && lut[row[i - 1u]] != base;
         above = up != NULL && lut[up[i]] != base;
-        if (put_bit(e, rd16(flag_freqs + 2u * (4u * i + 2u * left + above)), non_base)) return -1;
+        if (put_bit(e, agn_rd16(flag_freqs + 2u * (4u * i + 2u * left + above)), non_base)) return -1;
     }
     return 0;
 }
@@ -164,7 +164,7 @@ static int encode_body(encoder_t *e, const prior_t *t, const uint8_t *values, co
             const int up_row = h > 0u && any_non_base(row - W, lut, base, W);
             if (flagged && encode_row(e, t, row, h > 0u ? row - W : NULL, lut, base, value_freqs,
                                       t->flags + 2u * 4u * row_index * W)) return -1;
-            if (put_bit(e, rd16(t->rows + 2u * (2u * row_index + (up_row ? 1u : 0u))), flagged)) return -1;
+            if (put_bit(e, agn_rd16(t->rows + 2u * (2u * row_index + (up_row ? 1u : 0u))), flagged)) return -1;
             flagged = up_row;  /* the row above is the next one coded */
         }
     }

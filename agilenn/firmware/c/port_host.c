@@ -32,9 +32,6 @@ static struct timespec agn_start;
 static const char *agn_flash_path; /* NULL: flash is memory only */
 static int agn_flash_fd = -1;
 
-/* Where each flash region lies in the file. */
-static uint8_t *const agn_regions[3] = {agn_slot_a, agn_slot_b, agn_boot_record};
-static const uint32_t agn_region_bytes[3] = {AGN_SLOT_BYTES, AGN_SLOT_BYTES, AGN_BOOT_RECORD_BYTES};
 #define AGN_FLASH_FILE_BYTES (2u * AGN_SLOT_BYTES + AGN_BOOT_RECORD_BYTES)
 
 static void agn_host_die(const char *what) {
@@ -70,18 +67,18 @@ static void agn_host_open(agn_host_uart_t *u, const char *label) {
 /* Loads the flash from the file if it holds a whole image of it, else makes it one with the built-in
  * contents: the first start of a device with a new file (a file of another size is not this flash). */
 static void agn_host_open_flash(void) {
-    uint32_t i, offset = 0;
-    int whole;
+    uint32_t offset = 0;
+    int i, whole;
     if (agn_flash_path == NULL) return;
     agn_flash_fd = open(agn_flash_path, O_RDWR | O_CREAT, 0644);
     if (agn_flash_fd < 0) agn_host_die(agn_flash_path);
     whole = lseek(agn_flash_fd, 0, SEEK_END) == (off_t)AGN_FLASH_FILE_BYTES;
     if (!whole && ftruncate(agn_flash_fd, (off_t)AGN_FLASH_FILE_BYTES) != 0) agn_host_die(agn_flash_path);
-    for (i = 0; i < 3; i++) {
-        ssize_t n = whole ? pread(agn_flash_fd, agn_regions[i], agn_region_bytes[i], offset)
-                          : pwrite(agn_flash_fd, agn_regions[i], agn_region_bytes[i], offset);
-        if (n != (ssize_t)agn_region_bytes[i]) agn_host_die(agn_flash_path);
-        offset += agn_region_bytes[i];
+    for (i = 0; i < AGN_FLASH_REGIONS; i++) {
+        ssize_t n = whole ? pread(agn_flash_fd, agn_flash_base(i), agn_flash_size(i), offset)
+                          : pwrite(agn_flash_fd, agn_flash_base(i), agn_flash_size(i), offset);
+        if (n != (ssize_t)agn_flash_size(i)) agn_host_die(agn_flash_path);
+        offset += agn_flash_size(i);
     }
 }
 
@@ -183,23 +180,15 @@ uint32_t agn_port_seed(void) {
     return (uint32_t)now.tv_nsec ^ ((uint32_t)now.tv_sec << 10) ^ ((uint32_t)getpid() << 20);
 }
 
-static int agn_inside(const uint8_t *dest, uint32_t length, const uint8_t *base, uint32_t size) {
-    uintptr_t d = (uintptr_t)dest, b = (uintptr_t)base;
-    return d >= b && length <= size && d - b <= (uintptr_t)(size - length);
-}
-
 int agn_port_flash_write(uint8_t *dest, const uint8_t *src, uint32_t length) {
-    uint32_t i, offset = 0;
-    for (i = 0; i < 3; i++) {
-        if (agn_inside(dest, length, agn_regions[i], agn_region_bytes[i])) {
-            memmove(dest, src, length);
-            offset += (uint32_t)(dest - agn_regions[i]);
-            if (agn_flash_fd >= 0 && pwrite(agn_flash_fd, dest, length, offset) != (ssize_t)length) return -1;
-            return 0;
-        }
-        offset += agn_region_bytes[i];
-    }
-    return -1;
+    int i, region = agn_flash_region(dest, length);
+    uint32_t offset;
+    if (region < 0) return -1;
+    memmove(dest, src, length);
+    offset = (uint32_t)(dest - agn_flash_base(region)); /* the file holds the regions in their order */
+    for (i = 0; i < region; i++) offset += agn_flash_size(i);
+    if (agn_flash_fd >= 0 && pwrite(agn_flash_fd, dest, length, offset) != (ssize_t)length) return -1;
+    return 0;
 }
 
 int main(int argc, char **argv) {

@@ -138,17 +138,9 @@ void agn_port_idle(void) {
 
 uint32_t agn_port_seed(void) { return agn_ticks_now() * 2654435761u ^ agn_ms; }
 
-static int agn_inside(const uint8_t *dest, uint32_t length, const uint8_t *base, uint32_t size) {
-    uintptr_t d = (uintptr_t)dest, b = (uintptr_t)base;
-    return d >= b && length <= size && d - b <= (uintptr_t)(size - length);
-}
-
 int agn_port_flash_write(uint8_t *dest, const uint8_t *src, uint32_t length) {
     uint32_t i;
-    if (!agn_inside(dest, length, agn_slot_a, AGN_SLOT_BYTES) && !agn_inside(dest, length, agn_slot_b, AGN_SLOT_BYTES) &&
-        !agn_inside(dest, length, agn_boot_record, AGN_BOOT_RECORD_BYTES)) {
-        return -1;
-    }
+    if (agn_flash_region(dest, length) < 0) return -1;
     if (dest < src) {
         for (i = 0; i < length; i++) dest[i] = src[i];
     } else {
