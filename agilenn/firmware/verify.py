@@ -30,30 +30,32 @@ FLOAT_BATCH = 500
 class FirmwareOutputs:
     """What the firmware answered for each image, in order."""
 
-    local_logits: np.ndarray  # (N, classes) float32, from its float16 logits
-    local_class: np.ndarray  # (N,)
     payloads: list[bytes]
     accumulators: np.ndarray  # (N, classes) int32
-    logits_f16: np.ndarray  # (N, classes) uint16
+    logits_f16: np.ndarray  # (N, classes) uint16: the IEEE half bits it sends
     instructions: np.ndarray  # (N,) 0 where the target cannot count them
+
+    @property
+    def local_logits(self) -> np.ndarray:
+        return self.logits_f16.view(np.float16).astype(np.float32)
+
+    @property
+    def local_class(self) -> np.ndarray:
+        return self.local_logits.argmax(1)
 
 
 def run_firmware(fw_dir: Path, target: Target, images: np.ndarray,
                  progress: Callable[[int], None] = lambda done: None) -> FirmwareOutputs:
-    payloads, accumulators, halves, instructions = [], [], [], []
+    answers = []
     with boot(fw_dir, target, count_instructions=True) as firmware:
+        classes = firmware.console.classes
         for index, image in enumerate(images):
-            answer = firmware.console.verify(np.ascontiguousarray(image, dtype=np.uint8).tobytes())
-            payloads.append(answer.payload)
-            accumulators.append(answer.accumulators)
-            halves.append(answer.logits_f16)
-            instructions.append(answer.instructions)
+            answers.append(firmware.console.verify(np.ascontiguousarray(image, dtype=np.uint8).tobytes()))
             progress(index + 1)
-    logits_f16 = np.asarray(halves, dtype=np.uint16).reshape(len(images), -1)
-    local_logits = logits_f16.view(np.float16).astype(np.float32)
-    return FirmwareOutputs(local_logits, local_logits.argmax(1), payloads,
-                           np.asarray(accumulators, dtype=np.int32).reshape(len(images), -1), logits_f16,
-                           np.asarray(instructions, dtype=np.int64))
+    return FirmwareOutputs([a.payload for a in answers],
+                           np.asarray([a.accumulators for a in answers], dtype=np.int32).reshape(-1, classes),
+                           np.asarray([a.logits_f16 for a in answers], dtype=np.uint16).reshape(-1, classes),
+                           np.asarray([a.instructions for a in answers], dtype=np.int64))
 
 
 @torch.no_grad()
