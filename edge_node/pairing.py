@@ -126,13 +126,23 @@ class PairingHost:
             raise ValueError(f"the int8 image was exported from model {exported_from.hex()}, "
                              f"not {checkpoint.model_hash}")
         self.int8_image = int8_image
+        self._started_over: Message | None = None  # a HELLO that cut a pairing short, answered next
 
-    def pair_one(self, wait: float = 60.0, hello_message: Message | None = None) -> PairingRecord:
-        """Answer the device's next HELLO (or ``hello_message``, one already received)."""
-        if hello_message is None:
-            message, hello = _receive(self.link, Hello, wait)
+    def pair_one(self, wait: float = 60.0) -> PairingRecord:
+        """Answer the device's next HELLO: one that arrived mid-way through the last pairing (the
+        device gave up on it and started over), else the next to come within ``wait`` s."""
+        if self._started_over is not None:
+            message, self._started_over = self._started_over, None
+            hello = Hello.parse(message)
         else:
-            message, hello = hello_message, Hello.parse(hello_message)
+            message, hello = _receive(self.link, Hello, wait)
+        try:
+            return self._pair(message, hello)
+        except DeviceStartedOver as exc:
+            self._started_over = exc.hello
+            raise
+
+    def _pair(self, message: Message, hello: Hello) -> PairingRecord:
         if message.model_hash == self.model_hash:
             return self._answer(message, hello, True, "same model", b"")
         if not self.push_weights:

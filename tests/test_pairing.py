@@ -8,9 +8,11 @@ from collections.abc import Iterator
 import pytest
 
 from agilenn.pretrained import load_pretrained
+from agilenn.cli.pair import pair_until_done
 from edge_node.pairing import McuSimulator, PairingHost, PairingRecord, device_part_bytes
 from transports.arq import ArqConfig
 from transports.errors import TransportError
+from transports.messages import Hello, MessageType, decode_message, encode_message
 from transports.reliable import ReliableLink
 from transports.serial_pipe import SerialPipe, open_pty
 
@@ -205,3 +207,23 @@ def test_an_int8_image_of_another_model_is_refused_before_pairing(
         PairingHost(host_link, CHECKPOINT, push_weights=True, int8_image=int8_image(other))
     with pytest.raises(ValueError, match="AGW1"):
         PairingHost(host_link, CHECKPOINT, push_weights=True, int8_image=b"torch bytes")
+
+
+def test_a_hello_where_the_commit_reply_belongs_is_answered_by_the_next_attempt_at_once(
+    cable: tuple[ReliableLink, ReliableLink]
+) -> None:
+    host_link, device_link = cable
+    host = PairingHost(host_link, CHECKPOINT, push_weights=True)
+    records: list[PairingRecord] = []
+    thread = threading.Thread(target=lambda: records.append(pair_until_done(host, 2, wait=10)))
+    thread.start()
+    try:
+        device_link.send(encode_message(Hello("1.0.0").message(1, "mcu-05", bytes(8))), timeout=10)
+        while decode_message(device_link.recv(10) or b"").type is not MessageType.WEIGHT_COMMIT:
+            pass  # the whole push arrives; the device sends no COMMIT_REPLY but starts over:
+        device = McuSimulator(device_link, "mcu-05", "1.0.0", bytes(8))
+        accepted, reason = device.pair(timeout=5)  # a HELLO the host must not wait past
+    finally:
+        thread.join(30)
+    assert accepted and reason == "applied"
+    assert records and records[0].updated and records[0].model_hash == CHECKPOINT.model_hash

@@ -18,9 +18,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from edge_node.pairing import DeviceStartedOver, PairingError, PairingHost, PairingRecord
+from edge_node.pairing import PairingError, PairingHost, PairingRecord
 from transports.errors import TransportError
-from transports.messages import Message
 from transports.reliable import open_serial_link
 
 from ..errors import AgileNNError
@@ -46,18 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def pair_until_done(host: PairingHost, attempts: int, wait: float) -> PairingRecord:
     """Answer HELLOs until one pairs without a failed push, or ``attempts`` run out."""
-    restarted_by: Message | None = None
     for attempt in range(1, attempts + 1):
         try:
-            record = host.pair_one(wait=wait, hello_message=restarted_by)
+            record = host.pair_one(wait=wait)
         except (PairingError, TransportError) as exc:
             if attempt == attempts:
                 raise
-            # A device that gave up mid-push has already said its next HELLO: answer that one.
-            restarted_by = exc.hello if isinstance(exc, DeviceStartedOver) else None
             log.warning("attempt %d: %s; waiting for the device to try again", attempt, exc)
             continue
-        restarted_by = None
         if record.accepted or not record.reason.startswith("update:") or attempt == attempts:
             return record
         log.warning("attempt %d: %s; waiting for the device to try again", attempt, record.reason)
