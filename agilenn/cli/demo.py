@@ -121,8 +121,9 @@ def run_mcu(model: str, server: str, count: int) -> dict[str, Any]:
     network, codec = checkpoint.build_model(), FeatureCodec(checkpoint.codec)
     images, labels = load_mnist_sample().batch(slice(0, count))
     mcu_end, path = open_pty()
-    with serial_gateway(path, server) as gateway, \
-            ReliableLink(mcu_end, ArqConfig.for_line_rate(11_520)) as link:
+    # The gateway's block inside the link's: it is stopped while the MCU is still on the line.
+    with ReliableLink(mcu_end, ArqConfig.for_line_rate(11_520)) as link, \
+            serial_gateway(path, server) as gateway:
         mcu = McuSimulator(link, "mcu-demo-0", "0.1.0", bytes.fromhex(checkpoint.model_hash))
         results = [mcu.infer(network, codec, image, request_id=index + 1, timeout=10)
                    for index, image in enumerate(images)]
